@@ -1,0 +1,91 @@
+"""Door checks run before an instance is acknowledged (cheap, header only).
+
+Each check either yields the UIDs the node files the instance under, or a
+:class:`Refusal` carrying the DIMSE status and a reason safe to log (no patient values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import UID
+
+from dicomgate.status import Status
+
+__all__ = ["HeaderUIDs", "Refusal", "check_header"]
+
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderUIDs:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: Status
+    reason: str
+
+
+def _uid(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("\x00")
+    return text or None
+
+
+def check_header(
+    path: Path, *, request_sop_class_uid: str | None, request_sop_instance_uid: str
+) -> HeaderUIDs | Refusal:
+    """Parse the header of a received file and check it against the C-STORE request.
+
+    ``request_sop_class_uid=None`` skips the SOP Class match (used when re-reading our own
+    spool files, which passed it on the way in).
+    """
+    try:
+        # Pixel data (possibly gigabytes, possibly compressed) is neither read nor decoded.
+        ds = dcmread(path, stop_before_pixels=True, defer_size=1024)
+        # Element values stay raw (tolerant when reading: odd values are the pipeline's
+        # business), but sequences are parsed so a garbled nested structure fails here.
+        for elem in ds.elements():  # raw elements: no value conversion
+            if elem.VR == "SQ":
+                _ = ds[elem.tag].value
+        uids = {kw: _uid(ds.get(kw)) for kw in ("SOPClassUID", *_REQUIRED_UIDS)}
+        transfer_syntax = _uid(ds.file_meta.get("TransferSyntaxUID")) or ""
+    except Exception as exc:  # pydicom raises many kinds on garbage; none may escape
+        return Refusal(Status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}")
+
+    sop_class = uids["SOPClassUID"]
+    if sop_class is None:
+        return Refusal(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "dataset has no SOP Class UID")
+    if request_sop_class_uid is not None and sop_class != request_sop_class_uid.strip():
+        return Refusal(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class UID {sop_class} differs from the request's "
+            f"{request_sop_class_uid}",
+        )
+    for keyword in _REQUIRED_UIDS:
+        value = uids[keyword]
+        if value is None:
+            return Refusal(Status.INVALID_UID, f"{keyword} is missing")
+        if not UID(value).is_valid:
+            return Refusal(Status.INVALID_UID, f"{keyword} is not a valid UID")
+    if uids["SOPInstanceUID"] != request_sop_instance_uid.strip().rstrip("\x00"):
+        return Refusal(
+            Status.INSTANCE_UID_MISMATCH,
+            "dataset SOP Instance UID differs from the C-STORE request's",
+        )
+    return HeaderUIDs(
+        sop_class_uid=sop_class,
+        sop_instance_uid=uids["SOPInstanceUID"] or "",
+        study_instance_uid=uids["StudyInstanceUID"] or "",
+        series_instance_uid=uids["SeriesInstanceUID"] or "",
+        transfer_syntax_uid=transfer_syntax,
+    )

@@ -1,0 +1,100 @@
+"""The ``dicomgate`` command: serve, echo, status (and the commands other subpackages add)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dicomgate.config import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+_config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="DICOMGATE_CONFIG",
+    help="TOML settings file (environment variables and flags override it).",
+)
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="Spool, state and key."
+)
+
+
+def settings_or_exit(config_file: Path | None, **overrides: Any) -> Settings:
+    """Load settings; on an invalid one print the message naming it and exit with status 2."""
+    try:
+        return load_settings(config_file, **overrides)
+    except SettingsError as exc:
+        click.echo(f"dicomgate: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dicomgate")
+def main() -> None:
+    """dicomgate: receive DICOM studies, de-identify them, deliver them with expiring links."""
+
+
+@main.command()
+@_config_option
+@click.option("--host", help="Address to listen on [0.0.0.0].")
+@click.option("--port", type=int, help="TCP port [11112].")
+@click.option("--ae-title", help="This node's AE title [DICOMGATE].")
+@_data_dir_option
+@click.option("--destination", help="s3://bucket/prefix or file:///path.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]))
+def serve(config_file: Path | None, **flags: Any) -> None:
+    """Run the node: the DICOM SCP (C-ECHO, C-STORE) and the delivery pipeline."""
+    from dicomgate.node import run_node
+
+    settings = settings_or_exit(config_file, **flags)
+    sys.exit(run_node(settings))
+
+
+@main.command()
+@click.argument("host")
+@click.argument("port", type=int)
+@click.option("--aet", default="DICOMGATE_SCU", show_default=True, help="Our (calling) AE title.")
+@click.option("--aec", default="DICOMGATE", show_default=True, help="The called AE title.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+def echo(host: str, port: int, aet: str, aec: str, timeout: float) -> None:
+    """Send a C-ECHO; exit status 0 on success, 1 otherwise (for health checks)."""
+    from dicomgate.scp import echo as send_echo
+
+    ok, message = send_echo(host, port, calling_ae=aet, called_ae=aec, timeout=timeout)
+    click.echo(message, err=not ok)
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@_config_option
+@_data_dir_option
+@click.argument("study", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_file: Path | None, data_dir: Path | None, study: str | None, as_json: bool) -> None:
+    """Show what the state store holds: studies and their instances by state."""
+    from dicomgate.state import StateStore
+
+    settings = settings_or_exit(config_file, data_dir=data_dir)
+    if not settings.state_path.exists():
+        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
+        sys.exit(1)
+    with StateStore.open(settings.state_path, readonly=True) as store:
+        report = store.status_report(study)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    studies = report["studies"]
+    if not studies:
+        click.echo("no studies")
+    for s in studies:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(s["instances_by_state"].items()))
+        click.echo(f"{s['study']}  {s['state']}  {s['instances']} instances ({counts})")
+        for q in s.get("quarantined", []):
+            click.echo(f"    quarantined {q['instance']}: {q['reason']}")

@@ -1,0 +1,299 @@
+"""Settings: one pydantic-settings model, read from the CLI, the environment and a TOML file.
+
+Precedence, highest first: command-line flags, ``DICOMGATE_*`` environment variables, the TOML
+file named by ``--config`` (or ``DICOMGATE_CONFIG``), the defaults below.  Every setting's
+environment name is ``DICOMGATE_`` + its field name in upper case; lists are JSON
+(``DICOMGATE_ALLOWED_CALLING_AE_TITLES='["CT1","PACS"]'``), as pydantic-settings reads them.
+
+An invalid value stops start-up with :class:`SettingsError`, whose message names the setting by
+its environment variable so an operator can find it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    ByteSize,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["DeidOption", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "DICOMGATE_"
+
+# The TOML file for the settings being built; a ContextVar rather than a global so that
+# loading settings in tests never leaks a file into the next load.
+_TOML_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "dicomgate_toml_file", default=None
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class DeidOption(StrEnum):
+    """PS3.15 Annex E confidentiality profile options (the option columns of Table E.1-1)."""
+
+    RETAIN_SAFE_PRIVATE = "retain_safe_private"
+    RETAIN_UIDS = "retain_uids"
+    RETAIN_DEVICE_IDENTITY = "retain_device_identity"
+    RETAIN_INSTITUTION_IDENTITY = "retain_institution_identity"
+    RETAIN_PATIENT_CHARACTERISTICS = "retain_patient_characteristics"
+    RETAIN_LONGITUDINAL_FULL_DATES = "retain_longitudinal_full_dates"
+    RETAIN_LONGITUDINAL_MODIFIED_DATES = "retain_longitudinal_modified_dates"
+    CLEAN_DESCRIPTORS = "clean_descriptors"
+    CLEAN_STRUCTURED_CONTENT = "clean_structured_content"
+    CLEAN_GRAPHICS = "clean_graphics"
+
+
+def _check_ae_title(value: str, setting: str) -> str:
+    # PS3.5 Table 6.2-1 (AE VR): 1-16 characters of the default repertoire, no backslash or
+    # control characters; leading/trailing spaces are not significant.
+    title = value.strip()
+    if not 1 <= len(title) <= 16:
+        raise ValueError(f"{setting} must be 1-16 characters, got {value!r}")
+    if not title.isascii() or "\\" in title or any(ord(c) < 0x20 for c in title):
+        raise ValueError(f"{setting} may hold only printable ASCII without '\\', got {value!r}")
+    return title
+
+
+class Settings(BaseSettings):
+    """Every setting of a dicomgate node. Field names are the TOML keys."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        validate_default=True,
+        case_sensitive=False,
+    )
+
+    # -- network ------------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104
+    port: int = Field(11112, ge=0, le=65535, description="TCP port (0: pick a free one).")
+    ae_title: str = Field("DICOMGATE", description="This node's AE title.")
+    require_called_ae_title: bool = Field(
+        True, description="Reject associations whose Called AE Title is not ae_title."
+    )
+    allowed_calling_ae_titles: list[str] = Field(
+        default_factory=list, description="Calling AE titles allowed to connect (empty: any)."
+    )
+    allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="Peer networks (CIDR) allowed to connect (empty: any)."
+    )
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_pdu_size: int = Field(
+        1_048_576,
+        ge=0,
+        description="Maximum PDU length we advertise (bytes, 0 = unlimited). "
+        "pynetdicom's default 16 KiB costs throughput on large instances.",
+    )
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(120.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="Seconds open associations get to finish on SIGTERM."
+    )
+
+    # -- storage ------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./dicomgate-data"), description="Spool, state and key live here.")
+    spool_limit: ByteSize = Field(
+        ByteSize(50 * 1024**3),
+        description="Spool size above which C-STORE answers 0xA700 (accepts units: '20GB').",
+    )
+    min_free_space: ByteSize = Field(
+        ByteSize(1024**3),
+        description="Free space the spool's filesystem must keep; below it C-STORE answers 0xA700.",
+    )
+
+    # -- logging ------------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON when stderr is not a terminal."
+    )
+
+    # -- de-identification ----------------------------------------------------------------------
+    secret_key: SecretStr | None = Field(
+        None, description="Pseudonymization key (>= 32 characters). Generated if unset."
+    )
+    secret_key_file: Path | None = Field(None, description="File holding the key.")
+    deid_options: list[DeidOption] = Field(
+        default_factory=list, description="Annex E options applied on top of the Basic Profile."
+    )
+    deid_keep: list[str] = Field(
+        default_factory=list, description="Site override: keywords or tags (GGGGEEEE) to keep."
+    )
+    deid_remove: list[str] = Field(
+        default_factory=list, description="Site override: keywords or tags to remove."
+    )
+    deid_replace: dict[str, str] = Field(
+        default_factory=dict, description="Site override: keyword or tag -> replacement value."
+    )
+    allow_burned_in_annotation: bool = Field(
+        False, description="Deliver instances that may carry burned-in text instead of quarantining."
+    )
+    burned_in_suspect_modalities: list[str] = Field(
+        default_factory=lambda: ["US", "OT", "SC", "XC", "ES", "GM", "SM", "DOC"],
+        description="Modalities quarantined unless BurnedInAnnotation is explicitly NO.",
+    )
+
+    # -- pipeline and delivery ------------------------------------------------------------------
+    destination: str = Field(
+        "", description="s3://bucket/prefix or file:///path; empty: file://<data_dir>/delivered."
+    )
+    s3_endpoint_url: str | None = Field(None, description="For S3-compatible servers.")
+    s3_region: str | None = None
+    s3_sse: Literal["none", "AES256", "aws:kms"] = "AES256"
+    s3_kms_key_id: str | None = None
+    s3_storage_class: str | None = None
+    # Delivery-only tuning (dicomgate.delivery): boto3 retries are kept short because the
+    # pipeline retries for `retry_for` on its own; multipart above the threshold.
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 addressing style; some S3-compatible servers need 'path'."
+    )
+    s3_checksum: bool = Field(
+        True, description="Send a SHA-256 checksum (x-amz-checksum-sha256) with every upload."
+    )
+    s3_max_attempts: int = Field(3, ge=1, le=20, description="boto3 attempts per S3 request.")
+    s3_connect_timeout: float = Field(10.0, gt=0)
+    s3_read_timeout: float = Field(60.0, gt=0)
+    s3_multipart_threshold: ByteSize = Field(
+        ByteSize(64 * 1024**2), description="Objects at least this large use multipart upload."
+    )
+    s3_multipart_chunksize: ByteSize = Field(
+        ByteSize(16 * 1024**2), ge=5 * 1024**2, description="Multipart part size (S3 minimum 5 MiB)."
+    )
+    s3_multipart_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded at once.")
+    delivery_concurrency: int = Field(
+        8, ge=1, le=256, description="Destination operations running at once (worker threads)."
+    )
+    notify_timeout: float = Field(10.0, gt=0, description="Seconds a notifier call may take.")
+    stable_after: float = Field(60.0, ge=0, description="Seconds of quiet before a study is complete.")
+    link_expiry: int = Field(
+        7 * 24 * 3600, ge=1, le=7 * 24 * 3600, description="Presigned link lifetime (s); SigV4 max 7 days."
+    )
+    retry_for: float = Field(24 * 3600.0, ge=0, description="How long retryable failures are retried.")
+    keep_raw_for: float = Field(0.0, ge=0, description="Seconds to keep raw spool copies after delivery.")
+    accept_modalities: list[str] = Field(default_factory=list, description="Empty: any.")
+    accept_sop_classes: list[str] = Field(default_factory=list, description="Empty: any.")
+    require_attributes: list[str] = Field(default_factory=list)
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
+    notify_sns_topic_arn: str | None = None
+    notify_sqs_queue_url: str | None = None
+
+    # -- ops ------------------------------------------------------------------------------------
+    ops_host: str = Field("127.0.0.1", description="Address of the health/metrics HTTP endpoint.")
+    ops_port: int = Field(8080, ge=0, le=65535, description="0 disables the ops endpoint.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return _check_ae_title(value, "ae_title")
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _calling(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v, "allowed_calling_ae_titles") for v in value]
+
+    @field_validator("max_pdu_size")
+    @classmethod
+    def _pdu(cls, value: int) -> int:
+        # PS3.8 9.3.1: a Maximum Length of 0 means "no limit"; otherwise it must leave room for
+        # a PDV header, and pynetdicom refuses anything below 4 KiB-ish in practice.
+        if value != 0 and value < 4096:
+            raise ValueError("max_pdu_size must be 0 (unlimited) or at least 4096")
+        return value
+
+    @field_validator("destination")
+    @classmethod
+    def _destination(cls, value: str) -> str:
+        if value and not value.startswith(("s3://", "file://")):
+            raise ValueError("destination must be s3://bucket[/prefix] or file:///path")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 32:
+            raise ValueError("secret_key must be at least 32 characters")
+        if self.s3_sse == "aws:kms" and not self.s3_kms_key_id:
+            raise ValueError("s3_kms_key_id is required when s3_sse is 'aws:kms'")
+        return self
+
+    # -- derived paths ----------------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.sqlite3"
+
+    @property
+    def destination_url(self) -> str:
+        if self.destination:
+            return self.destination
+        return (self.data_dir / "delivered").resolve().as_uri()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _TOML_FILE.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        name = loc[0] if loc else ""
+        where = f"{ENV_PREFIX}{name.upper()} ({name})" if name else "settings"
+        if len(loc) > 1:
+            where += f" item {'.'.join(loc[1:])}"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {where}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; ``overrides`` (CLI flags) win, ``None`` values are ignored."""
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file not found: {config_file}")
+        try:
+            with config_file.open("rb") as f:
+                tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from exc
+    token = _TOML_FILE.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    finally:
+        _TOML_FILE.reset(token)

@@ -1,0 +1,183 @@
+"""Ingest: turn a received file into a durable, recorded instance — or a refusal.
+
+This is the domain side of C-STORE. The SCP handler (``dicomgate.scp``) builds a
+:class:`StoreRequest` from the pynetdicom event and sends back whatever status
+:meth:`Ingest.store` decides; it knows nothing of spools, databases or S3.
+
+Order of work for one instance (promise 1 — no acknowledged instance is lost):
+
+1. room check (spool limit, free space) → 0xA700 when full;
+2. header checks (parse, SOP Class/Instance match the request, UIDs valid) → 0xA900 / 0xC0xx;
+3. duplicate check: same SOP Instance UID and same bytes → success, nothing stored twice;
+   same UID, different bytes → stored as a new version and logged;
+4. fsync + rename + directory fsync into the spool, then the state-store row;
+5. only then 0x0000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomgate._logging import get_logger
+from dicomgate.pseudonym import Pseudonymizer
+from dicomgate.checks import HeaderUIDs, Refusal, check_header
+from dicomgate.status import Status
+from dicomgate.spool import Spool, SpoolFullError
+from dicomgate.state import InstanceRecord, StateStore
+
+__all__ = ["Ingest", "StoreOutcome", "StoreRequest", "sha256_file"]
+
+log = get_logger(__name__)
+
+_STRIPES = 64
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One C-STORE request whose dataset pynetdicom has written to ``path``."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    peer_address: str
+    association_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    status: Status
+    reason: str | None = None
+    record: InstanceRecord | None = None
+    duplicate: bool = False
+
+
+class Ingest:
+    """Receives files into the spool and the state store; thread-safe."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        state: StateStore,
+        pseudonymizer: Pseudonymizer,
+        on_stored: Callable[[InstanceRecord], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.state = state
+        self._pseudo = pseudonymizer
+        self._on_stored = on_stored
+        # Two associations storing the same SOP Instance UID at once must not pick the same
+        # version; instances with different UIDs never wait for each other.
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+    def _stripe(self, sop_instance_uid: str) -> threading.Lock:
+        return self._stripes[zlib.crc32(sop_instance_uid.encode()) % _STRIPES]
+
+    def store(self, req: StoreRequest) -> StoreOutcome:
+        try:
+            size = req.path.stat().st_size
+        except OSError as exc:
+            return self._refuse(req, Refusal(Status.PROCESSING_FAILURE, f"received file gone: {exc}"))
+        if (why := self.spool.check_room(size)) is not None:
+            return self._refuse(req, Refusal(Status.OUT_OF_RESOURCES, why))
+
+        checked = check_header(
+            req.path,
+            request_sop_class_uid=req.sop_class_uid,
+            request_sop_instance_uid=req.sop_instance_uid,
+        )
+        if isinstance(checked, Refusal):
+            return self._refuse(req, checked)
+
+        with self._stripe(checked.sop_instance_uid):
+            try:
+                return self._store_checked(req, checked, size)
+            except SpoolFullError as exc:
+                return self._refuse(req, Refusal(Status.OUT_OF_RESOURCES, str(exc)))
+            except Exception as exc:
+                log.exception("store failed", instance=self._pseudo.log_id(req.sop_instance_uid))
+                return self._refuse(
+                    req, Refusal(Status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+                )
+
+    def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:
+        versions = self.state.versions(uids.sop_instance_uid)
+        new_sha: str | None = None
+        for old in versions:
+            if old.size != size:
+                continue
+            old_sha = old.sha256 or self._backfill_sha(old)
+            if old_sha is None:
+                continue
+            new_sha = new_sha or sha256_file(req.path)
+            if new_sha == old_sha:
+                log.info(
+                    "duplicate instance, already stored",
+                    instance=self._pseudo.log_id(uids.sop_instance_uid),
+                    version=old.version,
+                )
+                return StoreOutcome(Status.SUCCESS, record=old, duplicate=True)
+
+        version = versions[-1].version + 1 if versions else 1
+        relative, size = self.spool.admit(req.path, uids.sop_instance_uid, version)
+        record = InstanceRecord(
+            sop_instance_uid=uids.sop_instance_uid,
+            version=version,
+            study_instance_uid=uids.study_instance_uid,
+            series_instance_uid=uids.series_instance_uid,
+            sop_class_uid=uids.sop_class_uid,
+            transfer_syntax_uid=uids.transfer_syntax_uid,
+            size=size,
+            sha256=new_sha,
+            spool_path=relative,
+            calling_ae=req.calling_ae,
+            peer_address=req.peer_address,
+            association_id=req.association_id,
+        )
+        row_id = self.state.insert_instance(record)
+        stored = dataclasses.replace(record, id=row_id)
+        if version > 1:
+            log.warning(
+                "instance re-sent with different content, kept as a new version",
+                instance=self._pseudo.log_id(uids.sop_instance_uid),
+                version=version,
+            )
+        if self._on_stored is not None:
+            self._on_stored(stored)
+        return StoreOutcome(Status.SUCCESS, record=stored)
+
+    def _backfill_sha(self, old: InstanceRecord) -> str | None:
+        if old.spool_path is None or old.id is None:
+            return None
+        path = self.spool.path_of(old.spool_path)
+        if not path.exists():
+            return None
+        sha = sha256_file(path)
+        self.state.set_sha256(old.id, sha)
+        return sha
+
+    def _refuse(self, req: StoreRequest, refusal: Refusal) -> StoreOutcome:
+        log.warning(
+            "instance refused",
+            status=f"0x{refusal.status:04X}",
+            reason=refusal.reason,
+            instance=self._pseudo.log_id(req.sop_instance_uid),
+        )
+        # Nothing half-written stays behind: pynetdicom deletes its temporary file after the
+        # handler returns, but remove it now so the spool's usage is right at once.
+        req.path.unlink(missing_ok=True)
+        return StoreOutcome(refusal.status, refusal.reason)

@@ -1,0 +1,81 @@
+"""Pseudonyms: a pure function of (value, secret key) — PS3.15 Annex E "U" and the logs.
+
+No lookup table: the same UID, patient ID or name maps to the same pseudonym in every process on
+every node that holds the same key, and to an unrelated one under another key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["Pseudonymizer", "load_or_create_key"]
+
+KEY_FILE_NAME = "secret.key"
+
+
+class Pseudonymizer:
+    """Keyed, deterministic pseudonyms (HMAC-SHA256 under domain-separated labels)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("the pseudonymization key must be at least 32 bytes")
+        self._key = key
+
+    def digest(self, domain: str, value: str | bytes) -> bytes:
+        """HMAC-SHA256 of ``value`` under ``domain`` (so a UID and a patient ID never collide)."""
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        return hmac.new(self._key, domain.encode("ascii") + b"\x00" + data, hashlib.sha256).digest()
+
+    def uid(self, uid: str) -> str:
+        """Map a UID to ``2.25.<n>``, where n is a UUID (RFC 9562 version 8) made from the HMAC.
+
+        PS3.5 B.2: a 2.25 UID is the integer value of a UUID; setting the version and variant
+        bits keeps it a well-formed UUID while staying a pure function of (uid, key).
+        """
+        n = int.from_bytes(self.digest("uid", uid.strip().rstrip("\x00"))[:16], "big")
+        n &= ~(0xF000 << 64)
+        n |= 0x8000 << 64  # version 8 (custom)
+        n &= ~(0xC000 << 48)
+        n |= 0x8000 << 48  # variant 10
+        return f"2.25.{n}"
+
+    def token(self, domain: str, value: str, length: int = 16) -> str:
+        """A short upper-case hex token for IDs and log fields."""
+        return self.digest(domain, value).hex()[:length].upper()
+
+    def log_id(self, uid: str) -> str:
+        """How a raw UID appears in logs: the pseudonymized UID the partner will see."""
+        return self.uid(uid)
+
+
+def load_or_create_key(
+    *, key: str | None, key_file: Path | None, data_dir: Path
+) -> bytes:
+    """Return the key from settings, or from a file, or generate one kept in ``data_dir``.
+
+    A generated key is written once with mode 0600: losing it means new pseudonyms for the same
+    patients, so it lives beside the state it belongs to.
+    """
+    if key is not None:
+        return key.encode("utf-8")
+    if key_file is not None:
+        data = key_file.read_bytes().strip()
+        if len(data) < 32:
+            raise ValueError(f"secret key file {key_file} holds fewer than 32 bytes")
+        return data
+    path = data_dir / KEY_FILE_NAME
+    if path.exists():
+        return path.read_bytes().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    new = secrets.token_hex(32).encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, new + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return new

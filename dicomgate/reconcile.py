@@ -1,0 +1,101 @@
+"""Start-up reconciliation of the spool against the state store.
+
+After a crash the two can disagree in exactly three ways, each handled and reported:
+
+* a file in ``incoming/``: a dataset still being received, never acknowledged → removed;
+* a spool file without a row: acknowledged (its fsync preceded the row) but the row was lost
+  with the process → the row is rebuilt from the file's header;
+* a row whose spool file is gone (and not yet delivered) → quarantined with the reason, loudly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from dicomgate._logging import get_logger
+from dicomgate.checks import Refusal, check_header
+from dicomgate.spool import Spool
+from dicomgate.state import InstanceRecord, InstanceState, StateStore
+
+__all__ = ["ReconcileReport", "reconcile"]
+
+log = get_logger(__name__)
+
+_NAME = re.compile(r"^(?P<uid>[0-9.]+)~v(?P<version>\d+)\.dcm$")
+_NEEDS_FILE = {InstanceState.RECEIVED, InstanceState.PROCESSED}
+
+
+@dataclass
+class ReconcileReport:
+    incoming_removed: int = 0
+    rows_rebuilt: int = 0
+    files_unreadable: list[str] = field(default_factory=list)
+    rows_missing_file: int = 0
+    spooled: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "incoming_removed": self.incoming_removed,
+            "rows_rebuilt": self.rows_rebuilt,
+            "files_unreadable": len(self.files_unreadable),
+            "rows_missing_file": self.rows_missing_file,
+            "spooled": self.spooled,
+        }
+
+
+def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
+    report = ReconcileReport()
+    for leftover in spool.leftover_incoming():
+        leftover.unlink(missing_ok=True)
+        report.incoming_removed += 1
+
+    rows = state.spooled_paths()
+    on_disk = {f"instances/{p.name}": p for p in spool.spooled_files()}
+    report.spooled = len(on_disk)
+
+    for relative, path in on_disk.items():
+        if relative in rows:
+            continue
+        m = _NAME.match(path.name)
+        header = (
+            check_header(path, request_sop_class_uid=None, request_sop_instance_uid=m["uid"])
+            if m
+            else None
+        )
+        if m is None or header is None or isinstance(header, Refusal):
+            # We checked this file before writing it here: it has been damaged since.
+            damaged = spool.root / "damaged"
+            damaged.mkdir(exist_ok=True)
+            path.rename(damaged / path.name)
+            report.files_unreadable.append(path.name)
+            continue
+        state.insert_instance(
+            InstanceRecord(
+                sop_instance_uid=header.sop_instance_uid,
+                version=int(m["version"]),
+                study_instance_uid=header.study_instance_uid,
+                series_instance_uid=header.series_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                size=path.stat().st_size,
+                spool_path=relative,
+                calling_ae="",
+                peer_address="",
+                association_id="recovered",
+                received_at=path.stat().st_mtime,
+            )
+        )
+        report.rows_rebuilt += 1
+
+    for relative, rec in rows.items():
+        if relative in on_disk or rec.id is None:
+            continue
+        report.rows_missing_file += 1
+        if rec.state in _NEEDS_FILE:
+            state.set_state(rec.id, InstanceState.QUARANTINED, reason="spool file missing at start-up")
+        state.clear_spool_path(rec.id)
+
+    level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"
+    getattr(log, level)("spool reconciled", **report.as_dict())
+    return report

@@ -1,0 +1,36 @@
+"""C-ECHO client for ``dicomgate echo`` (and the container health check)."""
+
+from __future__ import annotations
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+__all__ = ["echo"]
+
+
+def echo(
+    host: str, port: int, *, calling_ae: str, called_ae: str, timeout: float = 10.0
+) -> tuple[bool, str]:
+    """Send one C-ECHO; return (success, a one-line description)."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        return False, (
+            f"association rejected by {host}:{port} "
+            f"(result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})"
+        )
+    if not assoc.is_established:
+        return False, f"no association with {host}:{port} (connection failed or aborted)"
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if status and status.get("Status") == 0x0000:
+        return True, f"C-ECHO to {called_ae}@{host}:{port}: success"
+    code = f"0x{status.Status:04X}" if status and "Status" in status else "no response"
+    return False, f"C-ECHO to {called_ae}@{host}:{port} failed: {code}"

@@ -1,0 +1,264 @@
+"""The DICOM listener: a pynetdicom AE serving Verification and every storage SOP class.
+
+Handlers are thin (STYLE 2-3): they turn pynetdicom events into a :class:`StoreRequest` and a
+DIMSE status, bind the association's log context, and never touch S3.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from pydicom.uid import (
+    HTJ2K,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from dicomgate._logging import get_logger
+from dicomgate.config import Settings
+from dicomgate.ingest import Ingest, StoreRequest
+from dicomgate.scp._policy import AccessPolicy, TunedRequestHandler
+from dicomgate.status import Status
+
+__all__ = ["TRANSFER_SYNTAXES", "AssociationInfo", "StoreSCP"]
+
+log = get_logger(__name__)
+
+#: Accepted for every storage SOP class. Compressed pixel data is stored as received.
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+]
+
+
+@dataclass
+class AssociationInfo:
+    """What the node knows of one open association (for logs and the study tracker)."""
+
+    assoc_id: str
+    calling_ae: str
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    studies: set[str] = field(default_factory=set)
+    stored: int = 0
+    refused: int = 0
+
+
+class _Server(ThreadedAssociationServer):
+    policy: AccessPolicy
+
+
+class StoreSCP:
+    """Owns the AE, the listening server and the registry of open associations."""
+
+    def __init__(self, settings: Settings, ingest: Ingest) -> None:
+        self.settings = settings
+        self.ingest = ingest
+        self._associations: dict[int, AssociationInfo] = {}
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.ae = self._make_ae()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _make_ae(self) -> AE:
+        s = self.settings
+        # Stream each dataset to a file instead of memory (flat RSS for gigabyte instances).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        # Our PolicyACSE decides AE-title and network rules (with reasons in the log).
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the SCP is not listening")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in a background thread; return the bound (host, port)."""
+        s = self.settings
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, _handle_store, [self]),
+            (evt.EVT_ESTABLISHED, _handle_established, [self]),
+            (evt.EVT_RELEASED, _handle_closed, [self, "released"]),
+            (evt.EVT_ABORTED, _handle_closed, [self, "aborted"]),
+            (evt.EVT_CONN_CLOSE, _handle_closed, [self, "connection closed"]),
+        ]
+        server = self.ae.make_server(
+            (s.host, s.port),
+            evt_handlers=handlers,
+            server_class=_Server,
+            request_handler=TunedRequestHandler,
+        )
+        server.policy = AccessPolicy(
+            ae_title=s.ae_title,
+            require_called_ae_title=s.require_called_ae_title,
+            allowed_calling_ae_titles=tuple(s.allowed_calling_ae_titles),
+            allowed_networks=tuple(s.allowed_networks),
+        )
+        self.ae._servers.append(server)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-listener"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        host, port = self.address
+        log.info("listening", host=host, port=port, ae_title=s.ae_title)
+        return host, port
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open associations carry on."""
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()  # stops serve_forever and closes the listening socket
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def open_associations(self) -> list[Any]:
+        server = self._server
+        return [a for a in server.active_associations if a.is_alive()] if server else []
+
+    def wait_for_associations(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for open associations to end; True if none remain."""
+        deadline = time.monotonic() + timeout
+        while self.open_associations():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def abort_all(self) -> None:
+        for assoc in self.open_associations():
+            assoc.abort()
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, give open associations ``timeout`` s, then abort the rest."""
+        self.stop_accepting()
+        if not self.wait_for_associations(timeout):
+            remaining = len(self.open_associations())
+            log.warning("aborting associations still open at shutdown", count=remaining)
+            self.abort_all()
+            self.wait_for_associations(5)
+        self.ae.shutdown()
+
+    # -- association registry -------------------------------------------------------------------
+    def info(self, assoc: Any) -> AssociationInfo:
+        with self._lock:
+            info = self._associations.get(id(assoc))
+            if info is None:
+                info = AssociationInfo(
+                    assoc_id=uuid.uuid4().hex[:12],
+                    calling_ae=str(assoc.requestor.ae_title).strip(),
+                    peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+                )
+                self._associations[id(assoc)] = info
+            return info
+
+    def forget(self, assoc: Any) -> AssociationInfo | None:
+        with self._lock:
+            return self._associations.pop(id(assoc), None)
+
+    def studies_in_flight(self) -> set[str]:
+        """Study Instance UIDs that some open association has sent instances of."""
+        with self._lock:
+            return set().union(*(i.studies for i in self._associations.values()))
+
+
+# -- event handlers (run in pynetdicom's association threads) -------------------------------------
+def _handle_echo(event: Any) -> int:
+    return int(Status.SUCCESS)
+
+
+def _handle_established(event: Any, scp: StoreSCP) -> None:
+    info = scp.info(event.assoc)
+    # Bound in the association's own thread: every later log line of this association has it.
+    structlog.contextvars.bind_contextvars(assoc_id=info.assoc_id, calling_ae=info.calling_ae)
+    log.info("association established", peer=info.peer)
+
+
+def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
+    info = scp.forget(event.assoc)
+    if info is not None:
+        log.info(
+            "association ended",
+            how=how,
+            assoc_id=info.assoc_id,
+            calling_ae=info.calling_ae,
+            stored=info.stored,
+            refused=info.refused,
+            seconds=round(time.monotonic() - info.started, 3),
+        )
+
+
+def _handle_store(event: Any, scp: StoreSCP) -> int:
+    info = scp.info(event.assoc)
+    req = event.request
+    outcome = scp.ingest.store(
+        StoreRequest(
+            path=Path(event.dataset_path),
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            calling_ae=info.calling_ae,
+            peer_address=info.peer,
+            association_id=info.assoc_id,
+        )
+    )
+    if outcome.status == Status.SUCCESS:
+        info.stored += 1
+        if outcome.record is not None:
+            info.studies.add(outcome.record.study_instance_uid)
+    else:
+        info.refused += 1
+    return int(outcome.status)

@@ -1,0 +1,135 @@
+"""The spool: received instances as files, made durable before they are acknowledged.
+
+Layout under ``<data_dir>/spool``::
+
+    incoming/    pynetdicom streams each C-STORE dataset here (same filesystem as instances/)
+    instances/   <SOP Instance UID>~v<version>.dcm, each fsync'd, renamed, directory fsync'd
+
+A file in ``incoming/`` was never acknowledged; a file in ``instances/`` always was (or is
+about to be: the C-STORE response follows the directory fsync).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Spool", "SpoolFullError", "fsync_dir"]
+
+
+class SpoolFullError(OSError):
+    """The spool is over its size limit or its filesystem is short of space."""
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename or create in it survives a crash (POSIX)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolUsage:
+    bytes_used: int
+    limit: int
+    free_on_disk: int
+    min_free: int
+
+
+class Spool:
+    """Moves received files into place durably and keeps the spool within its limits."""
+
+    def __init__(self, root: Path, *, limit: int, min_free: int) -> None:
+        self.root = root
+        self.incoming = root / "incoming"
+        self.instances = root / "instances"
+        self.limit = limit
+        self.min_free = min_free
+        self._lock = threading.Lock()
+        self._bytes_used = 0
+
+    def prepare(self) -> None:
+        """Create the directories and count what is already spooled."""
+        for d in (self.root, self.incoming, self.instances):
+            d.mkdir(parents=True, exist_ok=True)
+        total = 0
+        with os.scandir(self.instances) as it:
+            for entry in it:
+                if entry.is_file():
+                    total += entry.stat().st_size
+        with self._lock:
+            self._bytes_used = total
+
+    # -- limits ---------------------------------------------------------------------------------
+    def usage(self) -> SpoolUsage:
+        st = os.statvfs(self.root)
+        with self._lock:
+            used = self._bytes_used
+        return SpoolUsage(used, self.limit, st.f_bavail * st.f_frsize, self.min_free)
+
+    def check_room(self, incoming_size: int = 0) -> str | None:
+        """Why there is no room for another instance, or ``None`` if there is."""
+        u = self.usage()
+        if u.bytes_used + incoming_size > u.limit:
+            return f"spool over its limit ({u.bytes_used + incoming_size} > {u.limit} bytes)"
+        if u.free_on_disk < u.min_free:
+            return f"spool filesystem short of space ({u.free_on_disk} < {u.min_free} bytes free)"
+        return None
+
+    def release(self, size: int) -> None:
+        """Account for a spool file that was removed (after delivery)."""
+        with self._lock:
+            self._bytes_used = max(0, self._bytes_used - size)
+
+    # -- files ----------------------------------------------------------------------------------
+    @staticmethod
+    def file_name(sop_instance_uid: str, version: int) -> str:
+        return f"{sop_instance_uid}~v{version}.dcm"
+
+    def path_of(self, relative: str) -> Path:
+        return self.root / relative
+
+    def admit(self, received: Path, sop_instance_uid: str, version: int) -> tuple[str, int]:
+        """Make ``received`` durable in ``instances/``; return (relative path, size).
+
+        Order matters (promise 1): fsync the data, rename into place, fsync the directory.
+        Raises :class:`SpoolFullError` when the disk fills up underneath us.
+        """
+        name = self.file_name(sop_instance_uid, version)
+        final = self.instances / name
+        try:
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            os.rename(received, final)
+            fsync_dir(self.instances)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(exc.errno, "no space left on the spool filesystem") from exc
+            raise
+        with self._lock:
+            self._bytes_used += size
+        return f"instances/{name}", size
+
+    def remove(self, relative: str) -> None:
+        path = self.root / relative
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self.release(size)
+
+    def leftover_incoming(self) -> list[Path]:
+        return sorted(p for p in self.incoming.iterdir() if p.is_file())
+
+    def spooled_files(self) -> list[Path]:
+        return sorted(p for p in self.instances.iterdir() if p.is_file())

@@ -1,0 +1,337 @@
+"""The state store: what the node holds, per instance and per study (SQLite, WAL).
+
+Every instance the node acknowledged has one row per version; its ``state`` moves
+``received → processed → uploaded → delivered`` or ends ``quarantined`` with a reason.
+
+Durability: the spool file is fsync'd (file and directory) *before* its row is written, and
+the start-up reconciliation rebuilds a row from any spool file that lacks one.  The spool file is
+therefore the durable record of an acknowledged instance, and the database runs with
+``synchronous=NORMAL`` — in WAL mode that survives any process crash (SIGKILL included); a power
+loss may lose the newest rows, which reconciliation restores from their files.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+__all__ = ["InstanceRecord", "InstanceState", "StateStore"]
+
+
+class InstanceState(StrEnum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    UPLOADED = "uploaded"
+    DELIVERED = "delivered"
+    QUARANTINED = "quarantined"
+
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    id                  INTEGER PRIMARY KEY,
+    sop_instance_uid    TEXT NOT NULL,
+    version             INTEGER NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    size                INTEGER NOT NULL,
+    sha256              TEXT,
+    spool_path          TEXT,
+    calling_ae          TEXT NOT NULL,
+    peer_address        TEXT NOT NULL,
+    association_id      TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    reason              TEXT,
+    received_at         REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    UNIQUE (sop_instance_uid, version)
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_state ON instances (state);
+CREATE TABLE IF NOT EXISTS studies (
+    study_instance_uid  TEXT PRIMARY KEY,
+    first_received_at   REAL NOT NULL,
+    last_received_at    REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One version of one received instance, as the state store keeps it."""
+
+    sop_instance_uid: str
+    version: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    spool_path: str | None
+    calling_ae: str
+    peer_address: str
+    association_id: str
+    state: InstanceState = InstanceState.RECEIVED
+    sha256: str | None = None
+    reason: str | None = None
+    received_at: float = 0.0
+    id: int | None = None
+
+
+_COLUMNS = (
+    "id, sop_instance_uid, version, study_instance_uid, series_instance_uid, sop_class_uid, "
+    "transfer_syntax_uid, size, sha256, spool_path, calling_ae, peer_address, association_id, "
+    "state, reason, received_at"
+)
+
+
+def _record(row: sqlite3.Row) -> InstanceRecord:
+    return InstanceRecord(
+        id=row["id"],
+        sop_instance_uid=row["sop_instance_uid"],
+        version=row["version"],
+        study_instance_uid=row["study_instance_uid"],
+        series_instance_uid=row["series_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        transfer_syntax_uid=row["transfer_syntax_uid"],
+        size=row["size"],
+        sha256=row["sha256"],
+        spool_path=row["spool_path"],
+        calling_ae=row["calling_ae"],
+        peer_address=row["peer_address"],
+        association_id=row["association_id"],
+        state=InstanceState(row["state"]),
+        reason=row["reason"],
+        received_at=row["received_at"],
+    )
+
+
+class StateStore:
+    """SQLite-backed state, safe to share between association threads and the pipeline."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Self:
+        if readonly:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=10000")
+        store = cls(conn)
+        if not readonly:
+            store._migrate()
+        return store
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise RuntimeError(
+                f"state store schema {version} is newer than this dicomgate ({_SCHEMA_VERSION})"
+            )
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction under the store's lock (one writer at a time)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- instances ---------------------------------------------------------------------------
+    def latest_version(self, sop_instance_uid: str) -> InstanceRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ? "  # noqa: S608
+                "ORDER BY version DESC LIMIT 1",
+                (sop_instance_uid,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def versions(self, sop_instance_uid: str) -> list[InstanceRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ? "  # noqa: S608
+                "ORDER BY version",
+                (sop_instance_uid,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def insert_instance(self, rec: InstanceRecord, conn: sqlite3.Connection | None = None) -> int:
+        """Insert one instance row (and touch its study); commits unless ``conn`` is given."""
+        now = time.time()
+        received_at = rec.received_at or now
+        params = (
+            rec.sop_instance_uid,
+            rec.version,
+            rec.study_instance_uid,
+            rec.series_instance_uid,
+            rec.sop_class_uid,
+            rec.transfer_syntax_uid,
+            rec.size,
+            rec.sha256,
+            rec.spool_path,
+            rec.calling_ae,
+            rec.peer_address,
+            rec.association_id,
+            str(rec.state),
+            rec.reason,
+            received_at,
+            now,
+        )
+
+        def _write(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "INSERT INTO instances (sop_instance_uid, version, study_instance_uid, "
+                "series_instance_uid, sop_class_uid, transfer_syntax_uid, size, sha256, "
+                "spool_path, calling_ae, peer_address, association_id, state, reason, "
+                "received_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                params,
+            )
+            c.execute(
+                "INSERT INTO studies (study_instance_uid, first_received_at, last_received_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (study_instance_uid) DO UPDATE SET "
+                "last_received_at = max(last_received_at, excluded.last_received_at)",
+                (rec.study_instance_uid, received_at, received_at),
+            )
+            return int(cur.lastrowid or 0)
+
+        if conn is not None:
+            return _write(conn)
+        with self.transaction() as c:
+            return _write(c)
+
+    def set_sha256(self, row_id: int, sha256: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE instances SET sha256 = ? WHERE id = ?", (sha256, row_id))
+
+    def set_state(
+        self, row_id: int, state: InstanceState, *, reason: str | None = None
+    ) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (str(state), reason, time.time(), row_id),
+            )
+
+    def clear_spool_path(self, row_id: int) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET spool_path = NULL, updated_at = ? WHERE id = ?",
+                (time.time(), row_id),
+            )
+
+    def spooled_paths(self) -> dict[str, InstanceRecord]:
+        """Every row that still points at a spool file, keyed by its relative path."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE spool_path IS NOT NULL"  # noqa: S608
+            ).fetchall()
+        return {r["spool_path"]: _record(r) for r in rows}
+
+    def instances(
+        self, *, study_instance_uid: str | None = None, state: InstanceState | None = None
+    ) -> list[InstanceRecord]:
+        where, params = [], []
+        if study_instance_uid is not None:
+            where.append("study_instance_uid = ?")
+            params.append(study_instance_uid)
+        if state is not None:
+            where.append("state = ?")
+            params.append(str(state))
+        sql = f"SELECT {_COLUMNS} FROM instances"  # noqa: S608
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [_record(r) for r in rows]
+
+    # -- reports -------------------------------------------------------------------------------
+    def status_report(self, study_instance_uid: str | None = None) -> dict[str, Any]:
+        """Studies with instance counts by state and quarantine reasons (for ``status``)."""
+        with self._lock:
+            sql = (
+                "SELECT s.study_instance_uid AS study, s.first_received_at, s.last_received_at, "
+                "i.state AS state, count(*) AS n, sum(i.size) AS bytes "
+                "FROM studies s JOIN instances i USING (study_instance_uid) "
+            )
+            params: tuple[str, ...] = ()
+            if study_instance_uid:
+                sql += "WHERE s.study_instance_uid = ? "
+                params = (study_instance_uid,)
+            rows = self._conn.execute(
+                sql + "GROUP BY s.study_instance_uid, i.state ORDER BY s.first_received_at",
+                params,
+            ).fetchall()
+            quarantined = self._conn.execute(
+                "SELECT study_instance_uid, sop_instance_uid, version, reason FROM instances "
+                "WHERE state = 'quarantined' ORDER BY id"
+            ).fetchall()
+        studies: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            s = studies.setdefault(
+                r["study"],
+                {
+                    "study": r["study"],
+                    "first_received_at": r["first_received_at"],
+                    "last_received_at": r["last_received_at"],
+                    "instances": 0,
+                    "bytes": 0,
+                    "instances_by_state": {},
+                    "quarantined": [],
+                },
+            )
+            s["instances"] += r["n"]
+            s["bytes"] += r["bytes"] or 0
+            s["instances_by_state"][r["state"]] = r["n"]
+        for q in quarantined:
+            if q["study_instance_uid"] in studies:
+                studies[q["study_instance_uid"]]["quarantined"].append(
+                    {"instance": q["sop_instance_uid"], "version": q["version"], "reason": q["reason"]}
+                )
+        for s in studies.values():
+            s["state"] = _study_state(s["instances_by_state"])
+        return {"studies": list(studies.values())}
+
+
+def _study_state(by_state: dict[str, int]) -> str:
+    open_states = {InstanceState.RECEIVED, InstanceState.PROCESSED, InstanceState.UPLOADED}
+    if any(by_state.get(str(s)) for s in open_states):
+        return "receiving" if by_state.get(str(InstanceState.RECEIVED)) else "processing"
+    if by_state.get(str(InstanceState.DELIVERED)):
+        return "delivered"
+    return "quarantined"
