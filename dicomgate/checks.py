@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
 from dicomgate.status import Status
 
 __all__ = ["HeaderUIDs", "Refusal", "check_header"]
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -41,6 +44,15 @@ def _uid(value: object) -> str | None:
     return text or None
 
 
+def _truncated(elem: Any, file_size: int) -> bool:
+    """True if a raw element's declared length runs past the data that arrived."""
+    if not isinstance(elem, RawDataElement) or elem.length == _UNDEFINED_LENGTH:
+        return False
+    if elem.value is None:  # deferred: only its position and length were read
+        return int(elem.value_tell) + int(elem.length) > file_size
+    return len(elem.value) != elem.length
+
+
 def check_header(
     path: Path, *, request_sop_class_uid: str | None, request_sop_instance_uid: str
 ) -> HeaderUIDs | Refusal:
@@ -54,7 +66,16 @@ def check_header(
         ds = dcmread(path, stop_before_pixels=True, defer_size=1024)
         # Element values stay raw (tolerant when reading: odd values are the pipeline's
         # business), but sequences are parsed so a garbled nested structure fails here.
-        for elem in ds.elements():  # raw elements: no value conversion
+        file_size = path.stat().st_size
+        for tag in list(ds.keys()):
+            # raw elements: no value conversion, and deferred values stay unread
+            elem = ds.get_item(tag, keep_deferred=True)
+            if _truncated(elem, file_size):
+                return Refusal(
+                    Status.CANNOT_UNDERSTAND,
+                    f"element ({elem.tag.group:04X},{elem.tag.element:04X}) runs past the "
+                    "end of the dataset",
+                )
             if elem.VR == "SQ":
                 _ = ds[elem.tag].value
         uids = {kw: _uid(ds.get(kw)) for kw in ("SOPClassUID", *_REQUIRED_UIDS)}

@@ -98,3 +98,6 @@ def status(config_file: Path | None, data_dir: Path | None, study: str | None, a
         click.echo(f"{s['study']}  {s['state']}  {s['instances']} instances ({counts})")
         for q in s.get("quarantined", []):
             click.echo(f"    quarantined {q['instance']}: {q['reason']}")
+
+from dicomgate.deid._cli import deidentify  # noqa: E402
+main.add_command(deidentify)

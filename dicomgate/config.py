@@ -177,7 +177,9 @@ class Settings(BaseSettings):
         ByteSize(64 * 1024**2), description="Objects at least this large use multipart upload."
     )
     s3_multipart_chunksize: ByteSize = Field(
-        ByteSize(16 * 1024**2), ge=5 * 1024**2, description="Multipart part size (S3 minimum 5 MiB)."
+        ByteSize(16 * 1024**2),
+        ge=5 * 1024**2,
+        description="Multipart part size (S3 minimum 5 MiB).",
     )
     s3_multipart_concurrency: int = Field(4, ge=1, le=64, description="Parts uploaded at once.")
     delivery_concurrency: int = Field(

@@ -93,6 +93,7 @@ class StoreSCP:
         self._associations: dict[int, AssociationInfo] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
+        self._accepting = False
         self._thread: threading.Thread | None = None
         self.ae = self._make_ae()
 
@@ -147,6 +148,7 @@ class StoreSCP:
         )
         self.ae._servers.append(server)
         self._server = server
+        self._accepting = True
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-listener"
         )
@@ -160,15 +162,27 @@ class StoreSCP:
     def stop_accepting(self) -> None:
         """Close the listening socket; open associations carry on."""
         server = self._server
-        if server is None:
+        if server is None or not self._accepting:
             return
-        server.shutdown()  # stops serve_forever and closes the listening socket
+        self._accepting = False
+        server.shutdown()  # stops serve_forever, closes the listening socket
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def open_associations(self) -> list[Any]:
+        """Associations that can still carry data (established, or with a live connection).
+
+        An acceptor thread whose connection is gone lingers until its ACSE timeout; it
+        holds nothing and is not waited for.
+        """
         server = self._server
-        return [a for a in server.active_associations if a.is_alive()] if server else []
+        if server is None:
+            return []
+        return [
+            a
+            for a in server.active_associations
+            if a.is_alive() and (a.is_established or a.dul.is_alive())
+        ]
 
     def wait_for_associations(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for open associations to end; True if none remain."""
@@ -179,19 +193,32 @@ class StoreSCP:
             time.sleep(0.05)
         return True
 
-    def abort_all(self) -> None:
-        for assoc in self.open_associations():
-            assoc.abort()
+    @staticmethod
+    def _drop(assoc: Any) -> None:
+        """Close the connection of an association that is not established (nothing to abort)."""
+        sock = getattr(assoc.dul, "socket", None)
+        if sock is not None:
+            sock.close()
 
     def stop(self, timeout: float) -> None:
         """Stop accepting, give open associations ``timeout`` s, then abort the rest."""
+        # 1. no new associations
         self.stop_accepting()
+        # 2. peers still negotiating have sent nothing we could lose: drop them now
+        for assoc in self.open_associations():
+            if not assoc.is_established:
+                self._drop(assoc)
+        # 3. let established associations finish their work, within a bound
         if not self.wait_for_associations(timeout):
-            remaining = len(self.open_associations())
-            log.warning("aborting associations still open at shutdown", count=remaining)
-            self.abort_all()
+            remaining = self.open_associations()
+            log.warning("aborting associations still open at shutdown", count=len(remaining))
+            # 4. A-ABORT the rest; their unacknowledged instances are not kept
+            for assoc in remaining:
+                if assoc.is_established:
+                    assoc.abort()
+                else:
+                    self._drop(assoc)
             self.wait_for_associations(5)
-        self.ae.shutdown()
 
     # -- association registry -------------------------------------------------------------------
     def info(self, assoc: Any) -> AssociationInfo:
@@ -228,7 +255,26 @@ def _handle_established(event: Any, scp: StoreSCP) -> None:
     log.info("association established", peer=info.peer)
 
 
+def _discard_partial_dataset(assoc: Any) -> None:
+    """Remove the temporary file of a C-STORE cut off mid-dataset (abort, dropped link).
+
+    pynetdicom deletes that file only after a handler ran; a dataset that never finished
+    arriving was never acknowledged, and nothing half-written may stay in the spool.
+    """
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    tmp = getattr(message, "_data_set_file", None)
+    if tmp is None:
+        return
+    try:
+        tmp.close()
+        Path(tmp.name).unlink(missing_ok=True)
+    except OSError:
+        log.warning("could not remove a partial dataset file", exc_info=True)
+
+
 def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
+    if how != "released":
+        _discard_partial_dataset(event.assoc)
     info = scp.forget(event.assoc)
     if info is not None:
         log.info(

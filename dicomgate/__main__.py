@@ -1,0 +1,3 @@
+from dicomgate.cli import main
+
+main()

@@ -1,0 +1,33 @@
+"""Shared fixtures: DCMTK tools, in-process nodes, pynetdicom senders."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DCMTK_TOOLS, NodeHandle, start_node
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> dict[str, str]:
+    """Paths of DCMTK's tools (Debian package ``dcmtk``); the suite fails loudly without them.
+
+    /usr/bin first: pynetdicom installs Python apps also called ``storescu``/``echoscu``.
+    """
+    found = {}
+    for tool in DCMTK_TOOLS:
+        path = f"/usr/bin/{tool}" if Path(f"/usr/bin/{tool}").exists() else shutil.which(tool)
+        if path is None:
+            pytest.fail(f"DCMTK's {tool} is missing: apt-get install dcmtk (see .ci/run)")
+        found[tool] = path
+    return found
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeHandle]:
+    """A node on 127.0.0.1 with an ephemeral port and default policy, stopped afterwards."""
+    with start_node(tmp_path / "data") as handle:
+        yield handle

@@ -1,0 +1,123 @@
+"""C-STORE: every transfer syntax stored byte-for-byte, duplicates and new versions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import (
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEGLSNearLossless,
+    CTImageStorage,
+)
+from pynetdicom import AE
+
+from dicomgate.state import InstanceState
+from dicomgate.testing import write_ct_study
+from tests.helpers import NodeHandle, dataset_bytes, send_files
+
+# One file per transfer syntax family, from pydicom's bundled test data.
+TEST_FILES = {
+    "implicit VR LE": "MR_small_implicit.dcm",
+    "explicit VR LE": "CT_small.dcm",
+    "explicit VR BE": "MR_small_bigendian.dcm",
+    "deflated": "image_dfl.dcm",
+    "JPEG baseline": "SC_rgb_jpeg_dcmtk.dcm",
+    "JPEG extended": "JPEG-lossy.dcm",
+    "JPEG lossless SV1": "SC_rgb_jpeg_gdcm.dcm",
+    "JPEG-LS lossless": "MR_small_jpeg_ls_lossless.dcm",
+    "JPEG 2000 lossless": "MR_small_jp2klossless.dcm",
+    "JPEG 2000": "JPEG2000.dcm",
+    "RLE": "MR_small_RLE.dcm",
+}
+
+
+def _stored_file(node: NodeHandle, sop_instance_uid: str) -> Path:
+    assert node.node.state is not None
+    [rec] = node.node.state.versions(sop_instance_uid)
+    assert rec.spool_path is not None
+    return node.data_dir / "spool" / rec.spool_path
+
+
+@pytest.mark.parametrize("label", sorted(TEST_FILES))
+def test_transfer_syntax_stored_byte_for_byte(node: NodeHandle, label: str) -> None:
+    """Each transfer syntax is accepted and its dataset bytes are kept exactly as sent."""
+    path = Path(get_testdata_file(TEST_FILES[label]))
+    [status] = send_files(node.host, node.port, [path])
+    assert status == 0x0000
+    original = dcmread(path, stop_before_pixels=True)
+    stored = _stored_file(node, str(original.SOPInstanceUID))
+    assert dataset_bytes(stored) == dataset_bytes(path)
+    assert dcmread(stored).file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+
+
+def test_compressed_syntaxes_without_sample_files_are_negotiated(node: NodeHandle) -> None:
+    """HTJ2K and JPEG-LS near-lossless contexts are accepted for storage SOP classes."""
+    ae = AE(ae_title="NEGOTIATE")
+    for ts in (HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL, JPEGLSNearLossless):
+        ae.add_requested_context(CTImageStorage, ts)
+    assoc = ae.associate(node.host, node.port, ae_title="DICOMGATE")
+    assert assoc.is_established
+    accepted = {cx.transfer_syntax[0] for cx in assoc.accepted_contexts}
+    assoc.release()
+    assert accepted == {HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL, JPEGLSNearLossless}
+
+
+def test_storescu_folder_recorded_with_association_details(
+    node: NodeHandle, dcmtk: dict[str, str], tmp_path: Path
+) -> None:
+    """storescu +sd +r of a folder: every instance gets success and a state row."""
+    paths = write_ct_study(tmp_path / "study", 12, rows=64, columns=64)
+    result = subprocess.run(
+        [dcmtk["storescu"], "-aet", "MODALITY1", "-aec", "DICOMGATE", "+sd", "+r",
+         node.host, str(node.port), str(tmp_path / "study")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert node.node.state is not None
+    records = node.node.state.instances()
+    assert len(records) == 12
+    assert {r.calling_ae for r in records} == {"MODALITY1"}
+    assert {r.state for r in records} == {InstanceState.RECEIVED}
+    assert len({r.association_id for r in records}) == 1
+    assert all(r.peer_address.startswith("127.0.0.1:") for r in records)
+    by_uid = {str(dcmread(p).SOPInstanceUID): p for p in paths}
+    for r in records:
+        assert r.size == (node.data_dir / "spool" / str(r.spool_path)).stat().st_size
+        assert dataset_bytes(node.data_dir / "spool" / str(r.spool_path)) == dataset_bytes(
+            by_uid[r.sop_instance_uid]
+        )
+    assert node.incoming_files == []
+
+
+def test_resent_duplicate_is_not_stored_twice(node: NodeHandle, tmp_path: Path) -> None:
+    """The same instance sent twice answers success both times and is kept once."""
+    [path] = write_ct_study(tmp_path / "s", 1, rows=32, columns=32)
+    assert send_files(node.host, node.port, [path]) == [0]
+    assert send_files(node.host, node.port, [path, path]) == [0, 0]
+    assert node.node.state is not None
+    assert len(node.node.state.instances()) == 1
+    assert len(node.spool_files) == 1
+
+
+def test_different_bytes_same_uid_kept_as_new_version(node: NodeHandle, tmp_path: Path) -> None:
+    """Different content under the same SOP Instance UID is kept as version 2."""
+    [first] = write_ct_study(tmp_path / "a", 1, rows=32, columns=32)
+    ds = dcmread(first)
+    ds.ImageComments = "corrected re-send"
+    second = tmp_path / "second.dcm"
+    ds.save_as(second, enforce_file_format=True)
+    assert send_files(node.host, node.port, [first, second, second]) == [0, 0, 0]
+    assert node.node.state is not None
+    versions = node.node.state.versions(str(ds.SOPInstanceUID))
+    assert [v.version for v in versions] == [1, 2]
+    assert len(node.spool_files) == 2
+    assert dataset_bytes(node.data_dir / "spool" / str(versions[1].spool_path)) == dataset_bytes(
+        second
+    )
