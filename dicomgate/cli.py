@@ -77,7 +77,9 @@ def echo(host: str, port: int, aet: str, aec: str, timeout: float) -> None:
 @_data_dir_option
 @click.argument("study", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_file: Path | None, data_dir: Path | None, study: str | None, as_json: bool) -> None:
+def status(
+    config_file: Path | None, data_dir: Path | None, study: str | None, as_json: bool
+) -> None:
     """Show what the state store holds: studies and their instances by state."""
     from dicomgate.state import StateStore
 
@@ -99,5 +101,7 @@ def status(config_file: Path | None, data_dir: Path | None, study: str | None, a
         for q in s.get("quarantined", []):
             click.echo(f"    quarantined {q['instance']}: {q['reason']}")
 
+
 from dicomgate.deid._cli import deidentify  # noqa: E402
+
 main.add_command(deidentify)

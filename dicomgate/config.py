@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +32,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+from pydantic_settings import (
+    SettingsError as PydanticSettingsError,
 )
 
 __all__ = ["DeidOption", "Settings", "SettingsError", "load_settings"]
@@ -146,7 +150,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Site override: keyword or tag -> replacement value."
     )
     allow_burned_in_annotation: bool = Field(
-        False, description="Deliver instances that may carry burned-in text instead of quarantining."
+        False,
+        description="Deliver instances that may carry burned-in text instead of quarantining.",
     )
     burned_in_suspect_modalities: list[str] = Field(
         default_factory=lambda: ["US", "OT", "SC", "XC", "ES", "GM", "SM", "DOC"],
@@ -186,12 +191,21 @@ class Settings(BaseSettings):
         8, ge=1, le=256, description="Destination operations running at once (worker threads)."
     )
     notify_timeout: float = Field(10.0, gt=0, description="Seconds a notifier call may take.")
-    stable_after: float = Field(60.0, ge=0, description="Seconds of quiet before a study is complete.")
-    link_expiry: int = Field(
-        7 * 24 * 3600, ge=1, le=7 * 24 * 3600, description="Presigned link lifetime (s); SigV4 max 7 days."
+    stable_after: float = Field(
+        60.0, ge=0, description="Seconds of quiet before a study is complete."
     )
-    retry_for: float = Field(24 * 3600.0, ge=0, description="How long retryable failures are retried.")
-    keep_raw_for: float = Field(0.0, ge=0, description="Seconds to keep raw spool copies after delivery.")
+    link_expiry: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Presigned link lifetime (s); SigV4 max 7 days.",
+    )
+    retry_for: float = Field(
+        24 * 3600.0, ge=0, description="How long retryable failures are retried."
+    )
+    keep_raw_for: float = Field(
+        0.0, ge=0, description="Seconds to keep raw spool copies after delivery."
+    )
     accept_modalities: list[str] = Field(default_factory=list, description="Empty: any.")
     accept_sop_classes: list[str] = Field(default_factory=list, description="Empty: any.")
     require_attributes: list[str] = Field(default_factory=list)
@@ -230,12 +244,19 @@ class Settings(BaseSettings):
             raise ValueError("destination must be s3://bucket[/prefix] or file:///path")
         return value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        if self.secret_key is not None and len(self.secret_key.get_secret_value()) < 32:
-            raise ValueError("secret_key must be at least 32 characters")
         if self.s3_sse == "aws:kms" and not self.s3_kms_key_id:
-            raise ValueError("s3_kms_key_id is required when s3_sse is 'aws:kms'")
+            raise ValueError(
+                f"{ENV_PREFIX}S3_KMS_KEY_ID is required when {ENV_PREFIX}S3_SSE is 'aws:kms'"
+            )
         return self
 
     # -- derived paths ----------------------------------------------------------------------------
@@ -297,5 +318,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except PydanticSettingsError as exc:
+        # pydantic-settings fails this way when a list/dict variable is not valid JSON
+        m = re.search(r'field "(\w+)"', str(exc))
+        name = m.group(1) if m else "?"
+        raise SettingsError(
+            f"invalid setting {ENV_PREFIX}{name.upper()} ({name}): not valid JSON "
+            '(lists are JSON, e.g. \'["CT1", "PACS"]\')'
+        ) from None
     finally:
         _TOML_FILE.reset(token)

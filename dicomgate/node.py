@@ -36,7 +36,7 @@ def _receive_into(directory: str) -> None:
     Rebinding the name pynetdicom uses is narrower than changing ``tempfile.tempdir`` for the
     whole process.
     """
-    pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
+    pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
         tempfile.NamedTemporaryFile, dir=directory
     )
 

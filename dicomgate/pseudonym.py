@@ -52,9 +52,7 @@ class Pseudonymizer:
         return self.uid(uid)
 
 
-def load_or_create_key(
-    *, key: str | None, key_file: Path | None, data_dir: Path
-) -> bytes:
+def load_or_create_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> bytes:
     """Return the key from settings, or from a file, or generate one kept in ``data_dir``.
 
     A generated key is written once with mode 0600: losing it means new pseudonyms for the same

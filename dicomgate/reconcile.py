@@ -93,7 +93,9 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
             continue
         report.rows_missing_file += 1
         if rec.state in _NEEDS_FILE:
-            state.set_state(rec.id, InstanceState.QUARANTINED, reason="spool file missing at start-up")
+            state.set_state(
+                rec.id, InstanceState.QUARANTINED, reason="spool file missing at start-up"
+            )
         state.clear_spool_path(rec.id)
 
     level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"

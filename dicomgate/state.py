@@ -239,9 +239,7 @@ class StateStore:
         with self.transaction() as c:
             c.execute("UPDATE instances SET sha256 = ? WHERE id = ?", (sha256, row_id))
 
-    def set_state(
-        self, row_id: int, state: InstanceState, *, reason: str | None = None
-    ) -> None:
+    def set_state(self, row_id: int, state: InstanceState, *, reason: str | None = None) -> None:
         with self.transaction() as c:
             c.execute(
                 "UPDATE instances SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
@@ -321,7 +319,11 @@ class StateStore:
         for q in quarantined:
             if q["study_instance_uid"] in studies:
                 studies[q["study_instance_uid"]]["quarantined"].append(
-                    {"instance": q["sop_instance_uid"], "version": q["version"], "reason": q["reason"]}
+                    {
+                        "instance": q["sop_instance_uid"],
+                        "version": q["version"],
+                        "reason": q["reason"],
+                    }
                 )
         for s in studies.values():
             s["state"] = _study_state(s["instances_by_state"])

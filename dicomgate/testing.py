@@ -14,9 +14,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -88,7 +89,7 @@ def _file_meta(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> Fi
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return meta
 
@@ -135,14 +136,21 @@ def make_ct_instance(
         entropy_srcs=[study_uid, "study-component"]
     )
     if pixels is None:
-        pixels = (np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) + number) & 0x0FFF
+        pixels = (
+            np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) + number
+        ) & 0x0FFF
     ds.PixelData = pixels.tobytes()
     ds.file_meta = _file_meta(ds)
     return ds
 
 
 def write_ct_study(
-    directory: Path, count: int, *, rows: int = 512, columns: int = 512, study_uid: str | None = None
+    directory: Path,
+    count: int,
+    *,
+    rows: int = 512,
+    columns: int = 512,
+    study_uid: str | None = None,
 ) -> list[Path]:
     """Write a ``count``-instance CT study (one series) under ``directory``; return the paths."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -176,9 +184,7 @@ def write_large_instance(path: Path, *, frames: int, rows: int = 512, columns: i
     at one frame however large the file (1 GB = 2,000 frames of 512×512×16-bit).
     """
     study_uid, series_uid = generate_uid(), generate_uid()
-    ds = _base_dataset(
-        SecondaryCaptureImageStorage, study_uid, series_uid, generate_uid(), 1, "OT"
-    )
+    ds = _base_dataset(SecondaryCaptureImageStorage, study_uid, series_uid, generate_uid(), 1, "OT")
     ds.ConversionType = "WSD"
     ds.BurnedInAnnotation = "NO"
     ds.SamplesPerPixel = 1

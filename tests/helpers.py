@@ -170,8 +170,19 @@ def serve_process(
         **(env or {}),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dicomgate", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data_dir), *args],
+        [
+            sys.executable,
+            "-m",
+            "dicomgate",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -189,6 +200,8 @@ def serve_process(
         stop_process(proc)
         if np._reader is not None:
             np._reader.join(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:

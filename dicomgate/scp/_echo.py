@@ -18,7 +18,7 @@ def echo(
     ae.network_timeout = timeout
     ae.add_requested_context(Verification)
     assoc = ae.associate(host, port, ae_title=called_ae)
-    if assoc.is_rejected:
+    if assoc.is_rejected and assoc.acceptor.primitive is not None:
         rj = assoc.acceptor.primitive
         return False, (
             f"association rejected by {host}:{port} "
