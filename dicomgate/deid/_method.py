@@ -1,0 +1,68 @@
+"""Record what was done (PS3.15 E.1.1 items 6-7, PS3.3 C.7.1.1 and C.12.1).
+
+Patient Identity Removed (0012,0062) = YES, De-identification Method (0012,0063), De-identification
+Method Code Sequence (0012,0064) with one code from CID 7050 for the profile and one for each
+option, and Longitudinal Temporal Information Modified (0028,0303).  The codes come from pydicom's
+copy of PS3.16 (``pydicom.sr.codedict``), not from hand-typed values.
+"""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+
+from dicomgate.config import DeidOption
+from dicomgate.deid._profile import Profile
+
+__all__ = ["METHOD_TEXT", "option_codes", "record_method"]
+
+METHOD_TEXT = "dicomgate: PS3.15 2026c Annex E Table E.1-1"
+
+# CID 7050 keyword (pydicom's code dictionary) for the profile and each option.
+_KEYWORDS: dict[DeidOption | None, str] = {
+    None: "BasicApplicationConfidentialityProfile",
+    DeidOption.CLEAN_GRAPHICS: "CleanGraphicsOption",
+    DeidOption.CLEAN_STRUCTURED_CONTENT: "CleanStructuredContentOption",
+    DeidOption.CLEAN_DESCRIPTORS: "CleanDescriptorsOption",
+    DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: (
+        "RetainLongitudinalTemporalInformationFullDatesOption"
+    ),
+    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: (
+        "RetainLongitudinalTemporalInformationModifiedDatesOption"
+    ),
+    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: "RetainPatientCharacteristicsOption",
+    DeidOption.RETAIN_DEVICE_IDENTITY: "RetainDeviceIdentityOption",
+    DeidOption.RETAIN_UIDS: "RetainUidsOption",
+    DeidOption.RETAIN_SAFE_PRIVATE: "RetainSafePrivateOption",
+    DeidOption.RETAIN_INSTITUTION_IDENTITY: "RetainInstitutionIdentityOption",
+}
+
+
+def option_codes(profile: Profile) -> list[tuple[str, str, str]]:
+    """``(code value, scheme, meaning)`` for the profile and each enabled option, by code."""
+    out = []
+    for option, keyword in _KEYWORDS.items():
+        if option is None or option in profile.options:
+            code = getattr(codes.DCM, keyword)
+            out.append((str(code.value), str(code.scheme_designator), str(code.meaning)))
+    return sorted(out)
+
+
+def record_method(ds: Dataset, profile: Profile) -> None:
+    """Add the de-identification record to the top level of ``ds``."""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = METHOD_TEXT
+    items = []
+    for value, scheme, meaning in option_codes(profile):
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = scheme
+        item.CodeMeaning = meaning
+        items.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
+    ds.LongitudinalTemporalInformationModified = {
+        "keep": "UNMODIFIED",
+        "shift": "MODIFIED",
+        "remove": "REMOVED",
+    }[profile.date_mode]

@@ -1,0 +1,182 @@
+"""De-identify one file in a worker process: read, de-identify, verify, write.
+
+:class:`DeidConfig` is small and picklable; each process compiles its :class:`Profile` once per
+config and keeps it.  :func:`deidentify_file` never raises for a bad instance: it returns a
+:class:`FileResult` with a quarantine reason or an error, and writes nothing in that case.  The
+output is written to a temporary file beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicomgate.deid._engine import deidentify
+from dicomgate.deid._profile import DEFAULT_SUSPECT_MODALITIES, Profile, compile_profile
+from dicomgate.deid.verify import verify_no_phi
+from dicomgate.pseudonym import Pseudonymizer
+
+if TYPE_CHECKING:
+    from dicomgate.config import Settings
+
+__all__ = ["DeidConfig", "FileResult", "deidentify_bytes", "deidentify_file"]
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """Everything a worker needs, picklable and hashable (the key is never printed)."""
+
+    key: bytes = field(repr=False)
+    options: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
+    allow_burned_in: bool = False
+    burned_in_suspect_modalities: tuple[str, ...] = DEFAULT_SUSPECT_MODALITIES
+    verify: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, key: bytes) -> DeidConfig:
+        return cls(
+            key=key,
+            options=tuple(str(o) for o in settings.deid_options),
+            keep=tuple(settings.deid_keep),
+            remove=tuple(settings.deid_remove),
+            replace=tuple(sorted(settings.deid_replace.items())),
+            allow_burned_in=settings.allow_burned_in_annotation,
+            burned_in_suspect_modalities=tuple(settings.burned_in_suspect_modalities),
+        )
+
+    def profile(self) -> Profile:
+        return _compiled(self)[0]
+
+    def pseudonymizer(self) -> Pseudonymizer:
+        return _compiled(self)[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(config: DeidConfig) -> tuple[Profile, Pseudonymizer]:
+    replace: Mapping[str, str] = dict(config.replace)
+    profile = compile_profile(
+        config.options,
+        keep=config.keep,
+        remove=config.remove,
+        replace=replace,
+        allow_burned_in=config.allow_burned_in,
+        burned_in_suspect_modalities=config.burned_in_suspect_modalities,
+    )
+    return profile, Pseudonymizer(config.key)
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one file.  Carries pseudonymized identifiers only."""
+
+    source: str
+    output: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sha256: str | None = None
+    quarantine_reason: str | None = None
+    error: str | None = None
+    findings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Written (or ready to write): neither quarantined nor failed."""
+        return self.quarantine_reason is None and self.error is None
+
+
+def _run(ds: Dataset, source: str, config: DeidConfig) -> tuple[FileResult, bytes | None]:
+    profile, pz = _compiled(config)
+    result = deidentify(ds, profile, pz)
+    if result.dataset is None:
+        return FileResult(source=source, quarantine_reason=result.quarantine_reason), None
+    out = result.dataset
+    if config.verify:
+        findings = verify_no_phi(ds, out, profile)
+        if findings:
+            reason = f"PHI check failed: {len(findings)} finding(s)"
+            return (
+                FileResult(
+                    source=source,
+                    quarantine_reason=reason,
+                    findings=tuple(str(f) for f in findings),
+                ),
+                None,
+            )
+    if getattr(out, "file_meta", None) is None:
+        error = "no SOP Class/Instance UID: not a storable instance"
+        return FileResult(source=source, error=error), None
+    buf = io.BytesIO()
+    out.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    return (
+        FileResult(
+            source=source,
+            sop_instance_uid=str(out.get("SOPInstanceUID", "")) or None,
+            study_instance_uid=str(out.get("StudyInstanceUID", "")) or None,
+            series_instance_uid=str(out.get("SeriesInstanceUID", "")) or None,
+            sha256=hashlib.sha256(data).hexdigest(),
+        ),
+        data,
+    )
+
+
+def _read(source: Path | bytes) -> Dataset:
+    if isinstance(source, bytes):
+        return dcmread(io.BytesIO(source), force=True)
+    return dcmread(source, force=True)
+
+
+def deidentify_bytes(data: bytes, config: DeidConfig) -> tuple[FileResult, bytes | None]:
+    """De-identify one instance given as bytes (DICOM File Format); returns the result and
+    the de-identified file's bytes (None when quarantined or failed)."""
+    try:
+        ds = _read(data)
+        return _run(ds, "<bytes>", config)
+    except Exception as exc:
+        return FileResult(source="<bytes>", error=f"{type(exc).__name__}: {exc}"), None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".deid-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+        raise
+
+
+def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) -> FileResult:
+    """De-identify the file ``source`` into ``output`` (for a process pool).
+
+    Nothing is written when the instance is quarantined (burned-in text, PHI check) or fails.
+    """
+    src = Path(source)
+    try:
+        ds = _read(src)
+        result, data = _run(ds, str(src), config)
+        if data is None:
+            return result
+        _write_atomic(Path(output), data)
+        return dataclasses.replace(result, output=str(output))
+    except Exception as exc:
+        return FileResult(source=str(src), error=f"{type(exc).__name__}: {exc}")

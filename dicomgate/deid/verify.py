@@ -1,0 +1,381 @@
+"""The PHI verifier: no identifying value of the original survives anywhere in the output.
+
+Deliberately independent of the engine (:mod:`dicomgate.deid._engine`): it reads Table E.1-1
+itself, decides by its own rules which original values are identifying, and searches the whole
+output for them — every element at every depth, every VR, private elements, the bytes of OB/UN
+values and the File Meta Information — whole, or inside a longer string.  A bug in the engine
+therefore shows up here instead of being repeated here.
+
+Identifying values (PS3.15 E.1.1; "needles"), taken from the original at any depth:
+
+* names (PN): the whole name, and each component of 3+ letters as a word;
+* dates and date-times (DA, DT) unless Full Dates is retained: the date in the usual spellings
+  (a shifted or removed date must not leave its original behind);
+* UIDs unless Retain UIDs: every UID that is not a well-known one (SOP classes, transfer
+  syntaxes..., or a ``...ClassUID`` attribute);
+* text of every attribute whose Table E.1-1 action under the options removes or replaces it:
+  IDs, addresses, telephone numbers, comments, institution and device identifiers (4+
+  characters; descriptors — rows Clean Descriptors could keep — 16+ characters, since short
+  descriptors such as "CHEST" are words, not identifiers).
+
+Besides the search, each top-level attribute whose action removes or replaces it must not keep
+its original value in place, however short (Patient's Sex "F" cannot be searched for).
+
+Findings name where a value came from and where it was found, never the value (they are logged).
+Pixel data and overlay bitmaps are not searched for text: text there is pixels, not characters,
+and is the burned-in annotation rule's business.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from pydicom._uid_dict import UID_dictionary  # PS3.6 Annex A registry (behind UID.name)
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+
+from dicomgate.config import DeidOption
+from dicomgate.deid._profile import Profile
+
+__all__ = ["Finding", "verify_no_phi"]
+
+_MIN_WHOLE = 4
+_MIN_PART = 3
+_MIN_DESCRIPTOR = 16
+# Placeholders that de-identifiers (this one included) put in place of values: not identifying,
+# and found in already de-identified input.
+_PLACEHOLDERS = frozenset(
+    {"anonymous", "anonymized", "anonymised", "deidentified", "de-identified", "removed", "none",
+     "unknown", "redacted"}
+)  # fmt: skip
+# UIDs of kinds of things (coding schemes, context groups), not of instances or people.
+_KIND_UIDS = frozenset(
+    {"CodingSchemeUID", "ContextUID", "MappingResourceUID", "ContextGroupExtensionCreatorUID"}
+)
+# Raw elements of these VRs are searched as the bytes read (numbers and bulk data).
+_RAW_OK = frozenset(
+    {"FD", "FL", "SL", "SS", "SV", "UL", "US", "UV", "AT", "OB", "OD", "OF", "OL", "OV", "OW"}
+)  # fmt: skip
+_BULK_PIXELS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+_TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "DA", "DT", "TM"}
+_BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"}
+
+_OPTION_COLUMN = {
+    DeidOption.RETAIN_SAFE_PRIVATE: "rtn_safe_priv",
+    DeidOption.RETAIN_UIDS: "rtn_uids",
+    DeidOption.RETAIN_DEVICE_IDENTITY: "rtn_dev_id",
+    DeidOption.RETAIN_INSTITUTION_IDENTITY: "rtn_inst_id",
+    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: "rtn_pat_chars",
+    DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: "rtn_long_full_dates",
+    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: "rtn_long_modif_dates",
+    DeidOption.CLEAN_DESCRIPTORS: "clean_desc",
+    DeidOption.CLEAN_STRUCTURED_CONTENT: "clean_struct_cont",
+    DeidOption.CLEAN_GRAPHICS: "clean_graph",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An identifying value of the original found in the output (the value itself is omitted)."""
+
+    kind: str
+    """name, date, uid, id, address, phone, text, institution, device, descriptor, unchanged."""
+    source: str
+    """Where the value was in the original (keyword path)."""
+    location: str
+    """Where it was found in the output (keyword path; ``file_meta`` for File Meta)."""
+
+    def __str__(self) -> str:
+        return f"{self.kind} from {self.source} found in {self.location}"
+
+
+@functools.cache
+def _rows() -> dict[int, dict[str, str]]:
+    """Table E.1-1 rows by tag, read independently of the engine's table code."""
+    text = (
+        resources.files("dicomgate.deid")
+        .joinpath("data/ps3.15-table-e1-1.csv")
+        .read_text(encoding="utf-8")
+    )
+    rows: dict[int, dict[str, str]] = {}
+    for rec in csv.DictReader(io.StringIO(text)):
+        m = re.fullmatch(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)", rec["tag"])
+        if m:
+            rows[int(m[1] + m[2], 16)] = rec
+    return rows
+
+
+def _may_survive(tag: int, profile: Profile) -> bool:
+    """True when the profile lets this attribute's value (or a cleaned form of it) remain."""
+    if profile.overrides.get(tag) == "K":
+        return True
+    row = _rows().get(tag)
+    if row is None:
+        return False
+    cells = [row[_OPTION_COLUMN[o]] for o in profile.options if row[_OPTION_COLUMN[o]]]
+    if cells:
+        return True  # K or C
+    return row["basic"] == "K"
+
+
+def _kind(tag: int, row: dict[str, str]) -> str:
+    name = row["name"].lower()
+    if row["rtn_inst_id"]:
+        return "institution"
+    if row["rtn_dev_id"]:
+        return "device"
+    if row["clean_desc"]:
+        return "descriptor"
+    if "address" in name:
+        return "address"
+    if "telephone" in name or "phone" in name:
+        return "phone"
+    if "comment" in name or "text" in name or "note" in name:
+        return "text"
+    return "id"
+
+
+class _Path:
+    """Where an element is: built lazily, since only findings need the text."""
+
+    __slots__ = ("parent", "tag")
+
+    def __init__(self, parent: str, tag: int) -> None:
+        self.parent, self.tag = parent, tag
+
+    def __str__(self) -> str:
+        keyword = dictionary_keyword(self.tag) if dictionary_has_tag(self.tag) else ""
+        name = keyword or f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+        return f"{self.parent}.{name}" if self.parent else name
+
+
+def _walk(ds: Dataset, path: str = "") -> Iterator[tuple[_Path, DataElement]]:
+    """Every element at every depth.  Raw numeric and binary elements are yielded undecoded
+    (their value is the bytes as read, which is what gets searched); the rest are decoded."""
+    for key in list(ds.keys()):
+        raw = ds.get_item(key)
+        if isinstance(raw, RawDataElement) and raw.VR in _RAW_OK:
+            elem = DataElement(raw.tag, "OB", raw.value)
+        else:
+            elem = ds[key]
+        where = _Path(path, int(key))
+        yield where, elem
+        if elem.VR == "SQ" and elem.value is not None:
+            here = str(where)
+            for i, item in enumerate(elem.value):
+                yield from _walk(item, f"{here}[{i}]")
+
+
+def _strings(value: Any) -> list[str]:
+    if value is None:
+        return []
+    values = (
+        value
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+        else [value]
+    )
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
+def _well_known_uid(tag: int, uid: str) -> bool:
+    if uid in UID_dictionary:
+        return True
+    keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+    return keyword.endswith(("ClassUID", "TransferSyntaxUID")) or keyword in _KIND_UIDS
+
+
+def _date_spellings(yyyymmdd: str) -> list[str]:
+    y, m, d = yyyymmdd[:4], yyyymmdd[4:6], yyyymmdd[6:8]
+    return [
+        yyyymmdd,
+        f"{y}-{m}-{d}",
+        f"{y}/{m}/{d}",
+        f"{y}.{m}.{d}",
+        f"{d}.{m}.{y}",
+        f"{d}/{m}/{y}",
+        f"{m}/{d}/{y}",
+    ]
+
+
+@dataclass
+class _Needles:
+    whole: dict[str, tuple[str, _Path]]  # lowered value -> (kind, source)
+    parts: dict[str, tuple[str, _Path]]  # name components, matched as words
+    uids: dict[str, tuple[str, _Path]]
+    in_place: list[tuple[int, list[str], _Path]]  # (tag, values, source) at the top level
+
+
+def _collect(original: Dataset, profile: Profile) -> _Needles:
+    needles = _collect_all(original, profile)
+    for table in (needles.whole, needles.parts):
+        for key in [k for k in table if k in _PLACEHOLDERS]:
+            del table[key]
+    return needles
+
+
+def _collect_all(original: Dataset, profile: Profile) -> _Needles:
+    rows = _rows()
+    keep_dates = profile.date_mode == "keep"
+    needles = _Needles({}, {}, {}, [])
+    for path, elem in _walk(original):
+        tag, vr = int(elem.tag), elem.VR
+        if vr == "SQ" or vr in _BYTES_VRS or tag in profile.overrides:
+            continue
+        private = bool(elem.tag.group & 1)
+        survives = (not private) and _may_survive(tag, profile)
+        values = _strings(elem.value)
+        if not values:
+            continue
+        if not private and not path.parent and not survives and tag in rows:
+            needles.in_place.append((tag, values, path))
+        if vr == "PN":
+            if survives:
+                continue
+            for v in values:
+                needles.whole.setdefault(v.lower(), ("name", path))
+                for part in re.split(r"[\^=\s,.]+", v):
+                    if len(part) >= _MIN_PART:
+                        needles.parts.setdefault(part.lower(), ("name", path))
+        elif vr in ("DA", "DT"):
+            if keep_dates or (survives and tag in rows and not _is_date_row_shifted(tag, profile)):
+                continue
+            for v in values:
+                if re.match(r"^\d{8}", v):
+                    for s in _date_spellings(v[:8]):
+                        needles.whole.setdefault(s, ("date", path))
+                if len(v) > 8:
+                    needles.whole.setdefault(v.lower(), ("date", path))
+        elif vr == "UI":
+            if profile.retain_uids:
+                continue
+            for v in values:
+                if not _well_known_uid(tag, v):
+                    needles.uids.setdefault(v, ("uid", path))
+        elif vr in _TEXT_VRS and not private and not survives and tag in rows:
+            kind = _kind(tag, rows[tag])
+            minimum = _MIN_DESCRIPTOR if kind == "descriptor" else _MIN_WHOLE
+            for v in values:
+                if len(v) >= minimum:
+                    needles.whole.setdefault(v.lower(), (kind, path))
+    return needles
+
+
+def _is_date_row_shifted(tag: int, profile: Profile) -> bool:
+    """A date row that Modified Dates cleans must not keep its original value."""
+    row = _rows().get(tag)
+    return bool(
+        row is not None
+        and DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in profile.options
+        and row["rtn_long_modif_dates"] == "C"
+    )
+
+
+def _haystacks(
+    ds: Dataset,
+) -> tuple[list[tuple[_Path, str]], list[tuple[_Path, str]], list[tuple[_Path, bytes]]]:
+    texts: list[tuple[_Path, str]] = []
+    uids: list[tuple[_Path, str]] = []
+    blobs: list[tuple[_Path, bytes]] = []
+    sources: list[tuple[str, Dataset]] = [("", ds)]
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        sources.append(("file_meta", meta))
+    for prefix, source in sources:
+        for path, elem in _walk(source, prefix):
+            tag, vr, value = int(elem.tag), elem.VR, elem.value
+            if vr == "SQ" or value is None:
+                continue
+            if vr in _BYTES_VRS or isinstance(value, bytes):
+                group = tag >> 16
+                if tag in _BULK_PIXELS or (group & 0xFF00 == 0x6000 and tag & 0xFFFF == 0x3000):
+                    continue
+                if isinstance(value, bytes):
+                    blobs.append((path, value))
+                continue
+            for v in _strings(value):
+                if vr == "UI":
+                    uids.append((path, v))
+                else:
+                    texts.append((path, v.lower()))
+    return texts, uids, blobs
+
+
+@functools.lru_cache(maxsize=4096)
+def _bytes_forms(needle: str) -> frozenset[bytes]:
+    forms = {needle, needle.upper(), needle.lower(), needle.title()}
+    encoded = {f.encode("utf-8", "replace") for f in forms}
+    encoded |= {f.encode("latin-1", "replace") for f in forms}
+    return frozenset(encoded)
+
+
+def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) -> list[Finding]:
+    """Every identifying value of ``original`` found in ``deidentified`` (empty list: clean)."""
+    needles = _collect(original, profile)
+    texts, uids, blobs = _haystacks(deidentified)
+    findings: list[Finding] = []
+    seen: set[tuple[str, str, str]] = set()
+
+    def add(kind: str, source: _Path | str, location: _Path | str) -> None:
+        key = (kind, str(source), str(location))
+        if key not in seen:
+            seen.add(key)
+            findings.append(Finding(*key))
+
+    all_text = "\n".join(t for _, t in texts)
+    for needle, (kind, source) in needles.whole.items():
+        if len(needle) < _MIN_WHOLE and kind != "date":
+            continue
+        if needle in all_text:
+            for path, text in texts:
+                if needle in text:
+                    add(kind, source, path)
+        for path, text in uids:
+            if needle in text.lower() and kind != "date":
+                add(kind, source, path)
+        forms = _bytes_forms(needle)
+        for path, blob in blobs:
+            if any(f in blob for f in forms):
+                add(kind, source, path)
+    if needles.parts:
+        words = re.compile(
+            "|".join(rf"(?<!\w){re.escape(p)}(?!\w)" for p in needles.parts), re.IGNORECASE
+        )
+        for path, text in texts:
+            for m in words.finditer(text):
+                add("name", needles.parts[m[0].lower()][1], path)
+        words_b = re.compile(
+            b"|".join(
+                rb"(?<![A-Za-z0-9])" + re.escape(p.encode()) + rb"(?![A-Za-z0-9])"
+                for p in needles.parts
+            ),
+            re.IGNORECASE,
+        )
+        for path, blob in blobs:
+            for mb in words_b.finditer(blob):
+                add("name", needles.parts[mb[0].decode("utf-8", "replace").lower()][1], path)
+    for needle, (kind, source) in needles.uids.items():
+        for path, uid in uids:
+            if uid == needle or uid.startswith(needle + "."):
+                add(kind, source, path)
+        if needle.lower() in all_text:
+            for path, text in texts:
+                if needle.lower() in text:
+                    add(kind, source, path)
+        encoded = needle.encode("ascii", "replace")
+        for path, blob in blobs:
+            if encoded in blob:
+                add(kind, source, path)
+    for tag, values, source in needles.in_place:
+        if tag in deidentified:
+            now = _strings(deidentified[tag].value)
+            if now and now == values:
+                add("unchanged", source, source)
+    return findings

@@ -1,0 +1,112 @@
+"""The PHI verifier: clean output passes, every planted leak is caught."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from dicomgate.config import DeidOption
+from dicomgate.deid import Profile, deidentify, verify_no_phi
+from dicomgate.testing import CT_PHI, make_ct_instance
+from tests.deid.helpers import profile, pseudonymizer
+
+
+def _pair(prof: Profile) -> tuple[Dataset, Dataset]:
+    original = make_ct_instance(generate_uid(), generate_uid(), 3, rows=8, columns=8)
+    result = deidentify(original, prof, pseudonymizer())
+    assert result.dataset is not None
+    return original, result.dataset
+
+
+@pytest.mark.parametrize("option", [None, *DeidOption], ids=lambda o: str(o or "basic"))
+def test_engine_output_passes(option: DeidOption | None) -> None:
+    """The engine's output carries no finding under the Basic Profile and each option."""
+    prof = profile([] if option is None else [option])
+    original, out = _pair(prof)
+    assert verify_no_phi(original, out, prof) == []
+
+
+def _private_name(ds: Dataset) -> None:
+    ds.private_block(0x0011, "ACME LEAKS", create=True).add_new(0x01, "LO", CT_PHI["PatientName"])
+
+
+def _comment_name(ds: Dataset) -> None:
+    ds.ImageComments = "reviewed with Jane Doe"
+
+
+def _nested_id(ds: Dataset) -> None:
+    inner = Dataset()
+    inner.CodeMeaning = f"chart {CT_PHI['PatientID']}"
+    middle = Dataset()
+    middle.ConceptNameCodeSequence = Sequence([inner])
+    ds.DerivationCodeSequence = Sequence([middle])
+
+
+def _birth_date_in_text(ds: Dataset) -> None:
+    ds.ImageComments = "patient born 1971-03-04, follow-up"
+
+
+def _bytes_name(ds: Dataset) -> None:
+    ds.add_new(0x00420011, "OB", b"%PDF-1.4 DOE^JANE^Q report")  # Encapsulated Document
+
+
+def _original_uid(ds: Dataset, original: Dataset) -> None:
+    item = Dataset()
+    item.ReferencedSOPClassUID = original.SOPClassUID
+    item.ReferencedSOPInstanceUID = original.SOPInstanceUID
+    ds.SourceImageSequence = Sequence([item])
+
+
+def _sex_in_place(ds: Dataset) -> None:
+    ds.PatientSex = CT_PHI["PatientSex"]
+
+
+def _institution_in_description(ds: Dataset) -> None:
+    ds.SeriesDescription = f"CT at {CT_PHI['InstitutionName']}"
+
+
+def _address_in_meta(ds: Dataset) -> None:
+    ds.file_meta.SourceApplicationEntityTitle = "SN-77A9321"
+
+
+LEAKS: dict[str, tuple[Callable[..., None], str]] = {
+    "name in a private tag": (_private_name, "name"),
+    "name in Image Comments": (_comment_name, "name"),
+    "patient ID in a nested sequence": (_nested_id, "id"),
+    "birth date inside free text": (_birth_date_in_text, "date"),
+    "name inside OB bytes": (_bytes_name, "name"),
+    "original UID in a reference": (_original_uid, "uid"),
+    "short value left in place": (_sex_in_place, "unchanged"),
+    "institution inside a description": (_institution_in_description, "institution"),
+    "device serial in File Meta": (_address_in_meta, "device"),
+}
+
+
+@pytest.mark.parametrize("plant", LEAKS.values(), ids=LEAKS.keys())
+def test_planted_leak_is_caught(plant: tuple[Callable[..., None], str]) -> None:
+    """Each planted leak yields a finding of the right kind; findings never carry the value."""
+    action, kind = plant
+    prof = profile()
+    original, out = _pair(prof)
+    if action is _original_uid:
+        action(out, original)
+    else:
+        action(out)
+    findings = verify_no_phi(original, out, prof)
+    assert kind in {f.kind for f in findings}, findings
+    for f in findings:
+        for value in CT_PHI.values():
+            if len(value) > 3:
+                assert value not in str(f)
+
+
+def test_retained_values_are_not_findings() -> None:
+    """What an option retains (institution name) is not reported as a leak."""
+    prof = profile([DeidOption.RETAIN_INSTITUTION_IDENTITY])
+    original, out = _pair(prof)
+    assert out.InstitutionName == CT_PHI["InstitutionName"]
+    assert verify_no_phi(original, out, prof) == []
