@@ -1,22 +1,28 @@
-"""The node: wires settings, spool, state store, SCP (and pipeline) together; start and stop.
+"""The node: wires settings, spool, state store, SCP and pipeline together; start and stop.
 
-``dicomgate serve`` calls :func:`run_node`. Tests use :class:`Node` directly.
+``dicomgate serve`` calls :func:`run_node`; tests use :class:`Node` directly.
+
+Threads: pynetdicom runs the listener and one thread per association; the pipeline runs on an
+asyncio loop in its own thread (:class:`~dicomgate.pipeline.LoopThread`); the main thread only
+waits for signals.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import signal
 import tempfile
-from typing import Any
+import threading
+from types import FrameType
 
 import pynetdicom.dimse_messages
 
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate.config import Settings
+from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.ingest import Ingest
+from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, load_or_create_key
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
@@ -44,71 +50,74 @@ def _receive_into(directory: str) -> None:
 class Node:
     """One dicomgate node. ``start()`` returns once the SCP listens; ``stop()`` is ordered."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
         self.settings = settings
-        key = load_or_create_key(
+        self.key = load_or_create_key(
             key=settings.secret_key.get_secret_value() if settings.secret_key else None,
             key_file=settings.secret_key_file,
             data_dir=settings.data_dir,
         )
-        self.pseudonymizer = Pseudonymizer(key)
+        self.pseudonymizer = Pseudonymizer(self.key)
         self.spool = Spool(
             settings.spool_dir,
             limit=int(settings.spool_limit),
             min_free=int(settings.min_free_space),
         )
+        self.with_pipeline = pipeline
         self.state: StateStore | None = None
         self.scp: StoreSCP | None = None
+        self.pipeline: Pipeline | None = None
+        self.loop_thread: LoopThread | None = None
         self.reconcile_report: ReconcileReport | None = None
-        self._stored_listeners: list[Any] = []
 
     def on_stored(self, record: InstanceRecord) -> None:
-        """Called in the association thread once an instance is durable and recorded."""
-        for listener in self._stored_listeners:
-            listener(record)
+        """Called in an association thread once an instance is durable and recorded."""
+        if self.pipeline is not None and self.loop_thread is not None:
+            self.loop_thread.call_soon(self.pipeline.wake)
+
+    def _in_flight(self) -> set[str]:
+        return self.scp.studies_in_flight() if self.scp is not None else set()
 
     def start(self) -> tuple[str, int]:
         self.spool.prepare()
         self.state = StateStore.open(self.settings.state_path)
         self.reconcile_report = reconcile(self.spool, self.state)
+        if self.with_pipeline:
+            self.loop_thread = LoopThread()
+            self.loop_thread.start()
+            self.pipeline = Pipeline(
+                self.settings,
+                state=self.state,
+                spool=self.spool,
+                pseudonymizer=self.pseudonymizer,
+                key=self.key,
+                destination=open_destination(self.settings.destination_url, self.settings),
+                notifiers=build_notifiers(self.settings),
+                in_flight=self._in_flight,
+            )
+            self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
         ingest = Ingest(self.spool, self.state, self.pseudonymizer, on_stored=self.on_stored)
         self.scp = StoreSCP(self.settings, ingest)
         return self.scp.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        # 1. stop accepting; 2. let open associations finish (bounded), abort the rest;
-        # 3. close the state store.
+        """Ordered shutdown (STYLE 6)."""
+        timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        # 1. stop accepting associations; let open ones finish (bounded), abort the rest
         if self.scp is not None:
-            self.scp.stop(self.settings.shutdown_timeout if timeout is None else timeout)
+            self.scp.stop(timeout)
+        # 2. drain the pipeline (bounded); unfinished work resumes at the next start
+        if self.pipeline is not None and self.loop_thread is not None:
+            try:
+                self.loop_thread.run(self.pipeline.stop(timeout), timeout=timeout + 30)
+            finally:
+                self.loop_thread.stop()
+            self.pipeline = None
+        # 3. close the state store
         if self.state is not None:
             self.state.close()
             self.state = None
-
-
-async def _serve(node: Node) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        # Signal handlers only set a flag; a second signal means "now".
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal, exiting at once", signal=signal.Signals(signum).name)
-            os._exit(1)
-        log.info("shutting down", signal=signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-    await loop.run_in_executor(None, node.start)
-    await stop.wait()
-    await loop.run_in_executor(None, node.stop)
-    log.info("stopped")
-    return 0
 
 
 def run_node(settings: Settings) -> int:
@@ -116,11 +125,26 @@ def run_node(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         node = Node(settings)
-    except (OSError, ValueError) as exc:
+        node.start()
+    except (OSError, ValueError) as exc:  # e.g. the port is taken, a bad key file
         log.error("cannot start", error=str(exc))
         return 2
-    try:
-        return asyncio.run(_serve(node))
-    except OSError as exc:  # e.g. the port is taken
-        log.error("cannot start", error=str(exc))
-        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Signal handlers only set a flag; a second signal means "now" (acknowledged
+        # instances are already durable, so exiting at once loses nothing).
+        if stop.is_set():
+            log.warning("second signal, exiting at once", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    node.stop()
+    log.info("stopped")
+    return 0

@@ -15,14 +15,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["InstanceRecord", "InstanceState", "StateStore"]
+__all__ = ["InstanceRecord", "InstanceState", "StateStore", "StudyProgress", "StudyRecord"]
 
 
 class InstanceState(StrEnum):
@@ -54,6 +54,19 @@ CREATE TABLE IF NOT EXISTS instances (
     reason              TEXT,
     received_at         REAL NOT NULL,
     updated_at          REAL NOT NULL,
+    -- filled by the pipeline (pseudonymized values only)
+    stage               TEXT,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    deid_study_uid      TEXT,
+    deid_series_uid     TEXT,
+    deid_sop_uid        TEXT,
+    deid_size           INTEGER,
+    deid_sha256         TEXT,
+    object_key          TEXT,
+    modality            TEXT,
+    series_number       INTEGER,
+    instance_number     INTEGER,
+    reported_version    INTEGER,
     UNIQUE (sop_instance_uid, version)
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
@@ -61,9 +74,40 @@ CREATE INDEX IF NOT EXISTS instances_state ON instances (state);
 CREATE TABLE IF NOT EXISTS studies (
     study_instance_uid  TEXT PRIMARY KEY,
     first_received_at   REAL NOT NULL,
-    last_received_at    REAL NOT NULL
+    last_received_at    REAL NOT NULL,
+    deid_study_uid      TEXT,
+    manifest_version    INTEGER NOT NULL DEFAULT 0,
+    notified_version    INTEGER NOT NULL DEFAULT 0,
+    delivered_at        REAL
 );
+CREATE INDEX IF NOT EXISTS studies_deid ON studies (deid_study_uid);
+CREATE INDEX IF NOT EXISTS instances_unreported ON instances (study_instance_uid)
+    WHERE reported_version IS NULL;
 """
+
+
+@dataclass(frozen=True, slots=True)
+class StudyProgress:
+    """A study with instances not yet in a manifest (what the study tracker looks at)."""
+
+    study_instance_uid: str
+    first_received_at: float
+    last_received_at: float
+    manifest_version: int
+    deid_study_uid: str | None
+    pending: int  # received or processed: still on their way
+    unreported: int  # uploaded or quarantined, not yet in a manifest
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    study_instance_uid: str
+    deid_study_uid: str | None
+    first_received_at: float
+    last_received_at: float
+    manifest_version: int
+    notified_version: int
+    delivered_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +130,39 @@ class InstanceRecord:
     reason: str | None = None
     received_at: float = 0.0
     id: int | None = None
+    # set by the pipeline
+    stage: str | None = None
+    attempts: int = 0
+    deid_study_uid: str | None = None
+    deid_series_uid: str | None = None
+    deid_sop_uid: str | None = None
+    deid_size: int | None = None
+    deid_sha256: str | None = None
+    object_key: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    reported_version: int | None = None
 
 
+_PIPELINE_FIELDS = (
+    "stage",
+    "attempts",
+    "deid_study_uid",
+    "deid_series_uid",
+    "deid_sop_uid",
+    "deid_size",
+    "deid_sha256",
+    "object_key",
+    "modality",
+    "series_number",
+    "instance_number",
+    "reported_version",
+)
 _COLUMNS = (
     "id, sop_instance_uid, version, study_instance_uid, series_instance_uid, sop_class_uid, "
     "transfer_syntax_uid, size, sha256, spool_path, calling_ae, peer_address, association_id, "
-    "state, reason, received_at"
+    "state, reason, received_at, " + ", ".join(_PIPELINE_FIELDS)
 )
 
 
@@ -113,6 +184,7 @@ def _record(row: sqlite3.Row) -> InstanceRecord:
         state=InstanceState(row["state"]),
         reason=row["reason"],
         received_at=row["received_at"],
+        **{name: row[name] for name in _PIPELINE_FIELDS},
     )
 
 
@@ -276,6 +348,163 @@ class StateStore:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._conn.execute(sql + " ORDER BY id", params).fetchall()
+        return [_record(r) for r in rows]
+
+    # -- pipeline ------------------------------------------------------------------------------
+    def work_to_do(self, *, limit: int, exclude: Collection[int] = ()) -> list[InstanceRecord]:
+        """Instances still to carry: ``received`` (to process) or ``processed`` (to upload)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances "  # noqa: S608
+                "WHERE state IN ('received', 'processed') ORDER BY id LIMIT ?",
+                (limit + len(exclude),),
+            ).fetchall()
+        return [_record(r) for r in rows if r["id"] not in exclude][:limit]
+
+    def get(self, row_id: int) -> InstanceRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE id = ?",  # noqa: S608
+                (row_id,),
+            ).fetchone()
+        return _record(row) if row else None
+
+    def record_processed(self, row_id: int, study_instance_uid: str, **fields: Any) -> None:
+        """Store the de-identified identity of an instance and move it to ``processed``."""
+        allowed = set(_PIPELINE_FIELDS) | {"sha256"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not pipeline fields: {sorted(unknown)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as c:
+            c.execute(
+                f"UPDATE instances SET state = 'processed', reason = NULL, {sets}, "  # noqa: S608
+                "updated_at = ? WHERE id = ?",
+                (*fields.values(), time.time(), row_id),
+            )
+            if fields.get("deid_study_uid"):
+                c.execute(
+                    "UPDATE studies SET deid_study_uid = ? WHERE study_instance_uid = ?",
+                    (fields["deid_study_uid"], study_instance_uid),
+                )
+
+    def record_uploaded(self, row_id: int, object_key: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET state = 'uploaded', object_key = ?, stage = NULL, "
+                "reason = NULL, updated_at = ? WHERE id = ?",
+                (object_key, time.time(), row_id),
+            )
+
+    def record_retry(self, row_id: int, *, stage: str, reason: str) -> int:
+        """Count a failed attempt that will be retried; return the attempt count."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET attempts = attempts + 1, stage = ?, reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                (stage, reason, time.time(), row_id),
+            )
+            (n,) = c.execute("SELECT attempts FROM instances WHERE id = ?", (row_id,)).fetchone()
+        return int(n)
+
+    def quarantine(self, row_id: int, *, stage: str, reason: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET state = 'quarantined', stage = ?, reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                (stage, reason, time.time(), row_id),
+            )
+
+    def studies_to_report(self) -> list[StudyProgress]:
+        """Studies holding instances not yet listed in a manifest, with their progress."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT s.study_instance_uid, s.last_received_at, s.first_received_at, "
+                "s.manifest_version, s.deid_study_uid, "
+                "sum(i.state IN ('received', 'processed')) AS pending, "
+                "sum(i.reported_version IS NULL AND i.state IN ('uploaded', 'quarantined')) "
+                "AS unreported "
+                "FROM studies s JOIN instances i USING (study_instance_uid) "
+                "WHERE s.study_instance_uid IN "
+                "(SELECT study_instance_uid FROM instances WHERE reported_version IS NULL) "
+                "GROUP BY s.study_instance_uid"
+            ).fetchall()
+        return [
+            StudyProgress(
+                study_instance_uid=r["study_instance_uid"],
+                first_received_at=r["first_received_at"],
+                last_received_at=r["last_received_at"],
+                manifest_version=r["manifest_version"],
+                deid_study_uid=r["deid_study_uid"],
+                pending=r["pending"] or 0,
+                unreported=r["unreported"] or 0,
+            )
+            for r in rows
+        ]
+
+    def manifest_rows(self, study_instance_uid: str) -> list[InstanceRecord]:
+        """The newest version of every instance of a study (what a manifest lists)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances i WHERE study_instance_uid = ? "  # noqa: S608
+                "AND version = (SELECT max(version) FROM instances j "
+                "WHERE j.sop_instance_uid = i.sop_instance_uid) ORDER BY id",
+                (study_instance_uid,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def mark_reported(self, study_instance_uid: str, version: int) -> None:
+        """After manifest ``version`` is published: its instances are delivered."""
+        now = time.time()
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET reported_version = ?, updated_at = ?, "
+                "state = CASE state WHEN 'uploaded' THEN 'delivered' ELSE state END "
+                "WHERE study_instance_uid = ? AND reported_version IS NULL "
+                "AND state IN ('uploaded', 'quarantined', 'delivered')",
+                (version, now, study_instance_uid),
+            )
+            c.execute(
+                "UPDATE studies SET manifest_version = ?, delivered_at = ? "
+                "WHERE study_instance_uid = ?",
+                (version, now, study_instance_uid),
+            )
+
+    def mark_notified(self, study_instance_uid: str, version: int) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE studies SET notified_version = max(notified_version, ?) "
+                "WHERE study_instance_uid = ?",
+                (version, study_instance_uid),
+            )
+
+    def study(self, uid: str) -> StudyRecord | None:
+        """A study by its original or its pseudonymized Study Instance UID."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM studies WHERE study_instance_uid = ? OR deid_study_uid = ?",
+                (uid, uid),
+            ).fetchone()
+        if row is None:
+            return None
+        return StudyRecord(
+            study_instance_uid=row["study_instance_uid"],
+            deid_study_uid=row["deid_study_uid"],
+            first_received_at=row["first_received_at"],
+            last_received_at=row["last_received_at"],
+            manifest_version=row["manifest_version"],
+            notified_version=row["notified_version"],
+            delivered_at=row["delivered_at"],
+        )
+
+    def purgeable(self, *, delivered_before: float) -> list[InstanceRecord]:
+        """Delivered instances whose raw spool copy may go."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM instances WHERE state = 'delivered' "  # noqa: S608
+                "AND spool_path IS NOT NULL AND updated_at <= ?",
+                (delivered_before,),
+            ).fetchall()
         return [_record(r) for r in rows]
 
     # -- reports -------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ class NodeHandle:
 
 
 @contextlib.contextmanager
-def start_node(data_dir: Path, **overrides: Any) -> Iterator[NodeHandle]:
+def start_node(data_dir: Path, *, pipeline: bool = False, **overrides: Any) -> Iterator[NodeHandle]:
+    """An in-process node on 127.0.0.1 (SCP only unless ``pipeline``), stopped afterwards."""
     settings = load_settings(
         data_dir=data_dir,
         host="127.0.0.1",
@@ -52,7 +53,7 @@ def start_node(data_dir: Path, **overrides: Any) -> Iterator[NodeHandle]:
         min_free_space=0,
         **overrides,
     )
-    node = Node(settings)
+    node = Node(settings, pipeline=pipeline)
     host, port = node.start()
     try:
         yield NodeHandle(node, host, port, data_dir)

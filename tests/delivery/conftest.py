@@ -1,31 +1,15 @@
-"""Fixtures for the delivery tests: one SeaweedFS per session, a fresh bucket per test."""
+"""Fixtures for the delivery tests (SeaweedFS and buckets come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from dicomgate.delivery import S3Destination
 from tests.delivery.helpers import seaweed_destination
-from tests.seaweed import SeaweedFS, run_seaweedfs
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """A SeaweedFS S3 server on 127.0.0.1, shared by the session (all its ports are ephemeral)."""
-    with run_seaweedfs(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(seaweed: SeaweedFS) -> str:
-    """A new, empty bucket on the session's SeaweedFS."""
-    name = f"dg-{uuid.uuid4().hex[:12]}"
-    seaweed.create_bucket(name)
-    return name
+from tests.seaweed import SeaweedFS
 
 
 @pytest.fixture

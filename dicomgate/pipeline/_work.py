@@ -1,0 +1,160 @@
+"""The CPU-heavy part of the pipeline, run in worker processes: validate → de-identify → verify.
+
+Stages share one shape — they take the :class:`_Job` and return it, or raise
+:class:`Quarantine` — and run as a list, the way structlog chains processors.  The result that
+crosses back to the event loop is a small picklable :class:`WorkResult`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicomgate.deid import DeidConfig, deidentify, verify_no_phi
+from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
+
+__all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance"]
+
+
+class Quarantine(Exception):  # noqa: N818 - it is an outcome, not an error
+    """An instance that must not be delivered, and why (no patient values in ``reason``)."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"{stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    row_id: int
+    raw_path: str
+    staging_path: str
+    deid: DeidConfig
+    rules: AcceptRules
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    row_id: int
+    raw_sha256: str | None = None
+    stage: str | None = None
+    reason: str | None = None
+    deid_study_uid: str | None = None
+    deid_series_uid: str | None = None
+    deid_sop_uid: str | None = None
+    deid_size: int | None = None
+    deid_sha256: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+
+    @property
+    def quarantined(self) -> bool:
+        return self.reason is not None
+
+
+@dataclass
+class _Job:
+    order: WorkOrder
+    raw: bytes = b""
+    ds: Dataset | None = None
+    meta: InstanceMetadata | None = None
+    out: Dataset | None = None
+    encoded: bytes = b""
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _read(job: _Job) -> _Job:
+    job.raw = Path(job.order.raw_path).read_bytes()
+    try:
+        job.ds = dcmread(io.BytesIO(job.raw))
+    except Exception as exc:
+        raise Quarantine("validate", f"dataset cannot be read: {type(exc).__name__}") from None
+    return job
+
+
+def _validate(job: _Job) -> _Job:
+    assert job.ds is not None
+    try:
+        job.meta = InstanceMetadata.from_dataset(job.ds)
+    except ValidationError as exc:
+        fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
+        raise Quarantine("validate", f"invalid {', '.join(fields)}") from None
+    problems = job.order.rules.violations(job.meta, job.ds)
+    if problems:
+        raise Quarantine("validate", "; ".join(problems))
+    return job
+
+
+def _deidentify(job: _Job) -> _Job:
+    assert job.ds is not None
+    config = job.order.deid
+    result = deidentify(job.ds, config.profile(), config.pseudonymizer())
+    if result.dataset is None:
+        raise Quarantine("deidentify", result.quarantine_reason or "not de-identifiable")
+    job.out = result.dataset
+    return job
+
+
+def _verify(job: _Job) -> _Job:
+    assert job.ds is not None and job.out is not None
+    findings = verify_no_phi(job.ds, job.out, job.order.deid.profile())
+    if findings:
+        # the findings hold the leaked values: count them, never carry them
+        raise Quarantine("verify", f"PHI check failed: {len(findings)} finding(s)")
+    return job
+
+
+def _write(job: _Job) -> _Job:
+    assert job.out is not None
+    buf = io.BytesIO()
+    job.out.save_as(buf, enforce_file_format=True)
+    job.encoded = buf.getvalue()
+    target = Path(job.order.staging_path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(job.encoded)
+    # Staging is a cache: lost or torn files are detected by size and redone from the spool.
+    os.replace(tmp, target)
+    return job
+
+
+STAGES: list[Callable[[_Job], _Job]] = [_read, _validate, _deidentify, _verify, _write]
+
+
+def process_instance(order: WorkOrder) -> WorkResult:
+    """Run every stage on one spooled instance; never raises for a bad instance."""
+    job = _Job(order)
+    try:
+        for stage in STAGES:
+            job = stage(job)
+    except Quarantine as q:
+        return WorkResult(
+            row_id=order.row_id,
+            raw_sha256=hashlib.sha256(job.raw).hexdigest() if job.raw else None,
+            stage=q.stage,
+            reason=q.reason,
+            modality=job.meta.modality if job.meta else None,
+        )
+    assert job.out is not None and job.meta is not None
+    out = job.out
+    return WorkResult(
+        row_id=order.row_id,
+        raw_sha256=hashlib.sha256(job.raw).hexdigest(),
+        deid_study_uid=str(out.StudyInstanceUID),
+        deid_series_uid=str(out.SeriesInstanceUID),
+        deid_sop_uid=str(out.SOPInstanceUID),
+        deid_size=len(job.encoded),
+        deid_sha256=hashlib.sha256(job.encoded).hexdigest(),
+        modality=job.meta.modality,
+        series_number=job.meta.series_number,
+        instance_number=job.meta.instance_number,
+    )

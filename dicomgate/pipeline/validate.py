@@ -1,0 +1,107 @@
+"""Validation: the instance metadata the pipeline relies on, and the site's accept rules.
+
+:class:`InstanceMetadata` is read from the *received* dataset (tolerant: an Integer String
+that does not parse becomes ``None``, not a crash); :class:`AcceptRules` says which instances
+this node delivers at all.  A violation quarantines the instance with a reason that names the
+rule, never a patient value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.uid import UID
+
+__all__ = ["AcceptRules", "InstanceMetadata"]
+
+
+def _valid_uid(value: str) -> str:
+    if not UID(value).is_valid:
+        raise ValueError("not a valid UID")
+    return value
+
+
+Uid = Annotated[str, AfterValidator(_valid_uid)]
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class InstanceMetadata(BaseModel):
+    """What the pipeline needs from an instance's header (PS3.3 SOP Common, General Series...)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sop_class_uid: Uid
+    sop_instance_uid: Uid
+    study_instance_uid: Uid
+    series_instance_uid: Uid
+    transfer_syntax_uid: Uid
+    modality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> Self:
+        meta = getattr(ds, "file_meta", None)
+        return cls(
+            sop_class_uid=str(ds.get("SOPClassUID", "")),
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+            study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+            series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+            transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+            modality=(str(ds.get("Modality", "")).strip() or None),
+            series_number=_int_or_none(ds.get("SeriesNumber")),
+            instance_number=_int_or_none(ds.get("InstanceNumber")),
+        )
+
+
+@dataclass(frozen=True)
+class AcceptRules:
+    """Which instances this node delivers. Empty sets mean "any"."""
+
+    modalities: frozenset[str] = frozenset()
+    sop_classes: frozenset[str] = frozenset()
+    required: tuple[str, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        modalities: Iterable[str] = (),
+        sop_classes: Iterable[str] = (),
+        required: Iterable[str] = (),
+    ) -> Self:
+        required = tuple(required)
+        unknown = [k for k in required if tag_for_keyword(k) is None]
+        if unknown:
+            raise ValueError(f"require_attributes names no DICOM keyword: {unknown}")
+        return cls(
+            modalities=frozenset(m.strip().upper() for m in modalities),
+            sop_classes=frozenset(s.strip() for s in sop_classes),
+            required=required,
+        )
+
+    def violations(self, meta: InstanceMetadata, ds: Dataset) -> list[str]:
+        """Why this instance is not accepted (empty: accepted)."""
+        found = []
+        if self.modalities and (meta.modality or "").upper() not in self.modalities:
+            found.append(f"modality {meta.modality or '(none)'} is not accepted")
+        if self.sop_classes and meta.sop_class_uid not in self.sop_classes:
+            found.append(f"SOP class {meta.sop_class_uid} is not accepted")
+        for keyword in self.required:
+            value = ds.get(keyword)
+            if value is None or (hasattr(value, "__len__") and len(value) == 0):
+                found.append(f"required attribute {keyword} is missing or empty")
+        return found
