@@ -94,12 +94,63 @@ def status(
         return
     studies = report["studies"]
     if not studies:
-        click.echo("no studies")
+        click.echo(f"no study {study}" if study else "no studies")
+        sys.exit(1 if study else 0)
     for s in studies:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s["instances_by_state"].items()))
         click.echo(f"{s['study']}  {s['state']}  {s['instances']} instances ({counts})")
-        for q in s.get("quarantined", []):
-            click.echo(f"    quarantined {q['instance']}: {q['reason']}")
+        if s["manifest_version"]:
+            click.echo(f"    delivered as {s['deid_study']}  manifest v{s['manifest_version']}")
+        for q in s["quarantined"]:
+            click.echo(f"    quarantined {q['instance']} ({q['stage']}): {q['reason']}")
+
+
+
+
+@main.command()
+@_config_option
+@_data_dir_option
+@click.argument("study")
+@click.option("--json", "as_json", is_flag=True, help="The link set as JSON.")
+@click.option(
+    "--expires", "expires_in", type=click.IntRange(1, 7 * 24 * 3600),
+    help="Link lifetime in seconds [link_expiry setting].",
+)
+@click.option("--destination", help="s3://bucket/prefix or file:///path.")
+def links(
+    config_file: Path | None,
+    data_dir: Path | None,
+    study: str,
+    as_json: bool,
+    expires_in: int | None,
+    destination: str | None,
+) -> None:
+    """Re-issue download links for STUDY (original or pseudonymized Study Instance UID)."""
+    import asyncio
+
+    from dicomgate.delivery.errors import DeliveryError
+    from dicomgate.delivery.reissue import StudyNotDelivered, reissue_links
+    from dicomgate.state import StateStore
+
+    settings = settings_or_exit(config_file, data_dir=data_dir, destination=destination)
+    if not settings.state_path.exists():
+        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
+        sys.exit(1)
+    with StateStore.open(settings.state_path, readonly=True) as store:
+        try:
+            link_set = asyncio.run(reissue_links(settings, store, study, expires_in=expires_in))
+        except (StudyNotDelivered, DeliveryError) as exc:
+            click.echo(f"dicomgate: {exc}", err=True)
+            sys.exit(1)
+    if as_json:
+        click.echo(link_set.model_dump_json(indent=2))
+        return
+    click.echo(f"study {link_set.study_instance_uid}  manifest v{link_set.manifest_version}")
+    click.echo(f"links expire {link_set.expires_at.isoformat()}")
+    click.echo(f"manifest  {link_set.manifest.url}")
+    click.echo(f"index     {link_set.index.url}")
+    for inst in link_set.instances:
+        click.echo(f"instance  {inst.url}")
 
 
 from dicomgate.deid._cli import deidentify  # noqa: E402

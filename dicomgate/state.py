@@ -508,25 +508,27 @@ class StateStore:
         return [_record(r) for r in rows]
 
     # -- reports -------------------------------------------------------------------------------
-    def status_report(self, study_instance_uid: str | None = None) -> dict[str, Any]:
-        """Studies with instance counts by state and quarantine reasons (for ``status``)."""
+    def status_report(self, study: str | None = None) -> dict[str, Any]:
+        """Studies with instance counts by state and quarantine reasons (for ``status``).
+
+        ``study`` may be the original or the pseudonymized Study Instance UID.
+        """
+        where, params = "", ()
+        if study:
+            where, params = "WHERE s.study_instance_uid = ? OR s.deid_study_uid = ? ", (study, study)
         with self._lock:
-            sql = (
-                "SELECT s.study_instance_uid AS study, s.first_received_at, s.last_received_at, "
-                "i.state AS state, count(*) AS n, sum(i.size) AS bytes "
-                "FROM studies s JOIN instances i USING (study_instance_uid) "
-            )
-            params: tuple[str, ...] = ()
-            if study_instance_uid:
-                sql += "WHERE s.study_instance_uid = ? "
-                params = (study_instance_uid,)
             rows = self._conn.execute(
-                sql + "GROUP BY s.study_instance_uid, i.state ORDER BY s.first_received_at",
+                "SELECT s.study_instance_uid AS study, s.deid_study_uid, s.first_received_at, "
+                "s.last_received_at, s.manifest_version, s.notified_version, s.delivered_at, "
+                "i.state AS state, count(*) AS n, sum(i.size) AS bytes, "
+                "sum(i.reported_version IS NULL) AS unreported "
+                "FROM studies s JOIN instances i USING (study_instance_uid) "  # noqa: S608
+                f"{where}GROUP BY s.study_instance_uid, i.state ORDER BY s.first_received_at",
                 params,
             ).fetchall()
             quarantined = self._conn.execute(
-                "SELECT study_instance_uid, sop_instance_uid, version, reason FROM instances "
-                "WHERE state = 'quarantined' ORDER BY id"
+                "SELECT study_instance_uid, sop_instance_uid, version, stage, reason "
+                "FROM instances WHERE state = 'quarantined' ORDER BY id"
             ).fetchall()
         studies: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -534,16 +536,22 @@ class StateStore:
                 r["study"],
                 {
                     "study": r["study"],
+                    "deid_study": r["deid_study_uid"],
                     "first_received_at": r["first_received_at"],
                     "last_received_at": r["last_received_at"],
+                    "manifest_version": r["manifest_version"],
+                    "notified_version": r["notified_version"],
+                    "delivered_at": r["delivered_at"],
                     "instances": 0,
                     "bytes": 0,
+                    "unreported": 0,
                     "instances_by_state": {},
                     "quarantined": [],
                 },
             )
             s["instances"] += r["n"]
             s["bytes"] += r["bytes"] or 0
+            s["unreported"] += r["unreported"] or 0
             s["instances_by_state"][r["state"]] = r["n"]
         for q in quarantined:
             if q["study_instance_uid"] in studies:
@@ -551,18 +559,22 @@ class StateStore:
                     {
                         "instance": q["sop_instance_uid"],
                         "version": q["version"],
+                        "stage": q["stage"],
                         "reason": q["reason"],
                     }
                 )
         for s in studies.values():
-            s["state"] = _study_state(s["instances_by_state"])
+            s["state"] = _study_state(s)
         return {"studies": list(studies.values())}
 
 
-def _study_state(by_state: dict[str, int]) -> str:
-    open_states = {InstanceState.RECEIVED, InstanceState.PROCESSED, InstanceState.UPLOADED}
-    if any(by_state.get(str(s)) for s in open_states):
-        return "receiving" if by_state.get(str(InstanceState.RECEIVED)) else "processing"
+def _study_state(study: dict[str, Any]) -> str:
+    """receiving → processing → delivered; "quarantined" when nothing could be delivered."""
+    by_state = study["instances_by_state"]
+    if by_state.get(str(InstanceState.RECEIVED)) or by_state.get(str(InstanceState.PROCESSED)):
+        return "processing"
+    if study["unreported"]:
+        return "completing"  # uploaded, waiting for stable_after or an open association
     if by_state.get(str(InstanceState.DELIVERED)):
         return "delivered"
     return "quarantined"
