@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomgate._logging import get_logger
-from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.checks import HeaderUIDs, Refusal, check_header
-from dicomgate.status import Status
+from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool, SpoolFullError
 from dicomgate.state import InstanceRecord, StateStore
+from dicomgate.status import Status
 
 __all__ = ["Ingest", "StoreOutcome", "StoreRequest", "sha256_file"]
 
@@ -91,7 +91,8 @@ class Ingest:
         try:
             size = req.path.stat().st_size
         except OSError as exc:
-            return self._refuse(req, Refusal(Status.PROCESSING_FAILURE, f"received file gone: {exc}"))
+            gone = Refusal(Status.PROCESSING_FAILURE, f"received file gone: {exc}")
+            return self._refuse(req, gone)
         if (why := self.spool.check_room(size)) is not None:
             return self._refuse(req, Refusal(Status.OUT_OF_RESOURCES, why))
 

@@ -188,6 +188,7 @@ def serve_process(
         stderr=subprocess.PIPE,
         text=True,
         env=full_env,
+        start_new_session=True,  # its own process group: the pipeline's workers go with it
     )
     np = NodeProcess(proc, data_dir)
     ready = threading.Event()
@@ -199,9 +200,13 @@ def serve_process(
         yield np
     finally:
         stop_process(proc)
+        # anything left in its group (a SIGKILLed node's workers) goes too, so the log pipe
+        # reaches EOF and the reader ends
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         if np._reader is not None:
-            np._reader.join(timeout=5)
-        if proc.stderr is not None:
+            np._reader.join(timeout=10)
+        if proc.stderr is not None and (np._reader is None or not np._reader.is_alive()):
             proc.stderr.close()
 
 

@@ -43,7 +43,7 @@ from dicomgate.delivery import (
     publish_manifest,
 )
 from dicomgate.pipeline._retry import backoff
-from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance
+from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance, worker_init
 from dicomgate.pipeline.tracker import is_complete
 from dicomgate.pipeline.validate import AcceptRules
 from dicomgate.pseudonym import Pseudonymizer
@@ -110,7 +110,7 @@ class Pipeline:
         self.staging.mkdir(parents=True, exist_ok=True)
         for leftover in self.staging.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
-        self._pool = ProcessPoolExecutor(max_workers=self._workers)
+        self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
         spawn = asyncio.get_running_loop().create_task
         self._tasks = [spawn(self._feed(), name="feed")]
         self._tasks += [spawn(self._processor(), name=f"process-{i}") for i in range(self._workers)]
@@ -221,7 +221,7 @@ class Pipeline:
         log.error("worker process died", row=rec.id, crashes=crashes)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(max_workers=self._workers)
+        self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
         if crashes >= _MAX_WORKER_CRASHES:
             self.state.quarantine(
                 rec.id, stage="process", reason=f"worker process died {crashes} times"

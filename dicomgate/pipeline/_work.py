@@ -7,9 +7,12 @@ crosses back to the event loop is a small picklable :class:`WorkResult`.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
+import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,24 @@ from pydicom.dataset import Dataset
 from dicomgate.deid import DeidConfig, deidentify, verify_no_phi
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 
-__all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance"]
+__all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def worker_init() -> None:
+    """Set up a worker process: it dies with the node and leaves signals to the node.
+
+    A SIGKILLed node must not leave workers behind holding memory (and the node's stderr):
+    on Linux, prctl(PR_SET_PDEATHSIG) has the kernel kill the worker when its parent dies.
+    SIGINT (Ctrl-C reaches the whole process group) is the node's to handle, in order.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 class Quarantine(Exception):  # noqa: N818 - it is an outcome, not an error

@@ -15,9 +15,11 @@ from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import RequestHandler
 
 from dicomgate._logging import get_logger
+from dicomgate.scp import _fast
 
 __all__ = ["AccessPolicy", "PolicyACSE", "Rejection", "TunedRequestHandler"]
 
@@ -63,7 +65,8 @@ class AccessPolicy:
                 return Rejection(
                     RJ_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON, "peer network not allowed"
                 )
-        if self.allowed_calling_ae_titles and calling_ae.strip() not in self.allowed_calling_ae_titles:
+        allowed_calling = self.allowed_calling_ae_titles
+        if allowed_calling and calling_ae.strip() not in allowed_calling:
             return Rejection(
                 RJ_PERMANENT,
                 SOURCE_SERVICE_USER,
@@ -87,6 +90,7 @@ class PolicyACSE(ACSE):
 
     def _negotiate_as_acceptor(self) -> None:
         rq = self.requestor.primitive
+        assert isinstance(rq, A_ASSOCIATE)  # set by pynetdicom before negotiation
         peer = str(self.requestor.address)
         rejection = self.policy.check(
             calling_ae=str(rq.calling_ae_title),
@@ -110,14 +114,16 @@ class PolicyACSE(ACSE):
 
 
 class TunedRequestHandler(RequestHandler):
-    """pynetdicom's request handler plus TCP_NODELAY and our policy-aware ACSE."""
+    """pynetdicom's request handler plus TCP_NODELAY, our policy-aware ACSE and (on the
+    pynetdicom versions it was checked against) the event-driven reactors of :mod:`._fast`."""
 
     def _create_association(self) -> Any:
         sock = self.request
         if isinstance(sock, socket.socket):
             # Without this, every C-STORE response waits ~40 ms for Nagle/delayed-ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = super()._create_association()
+        fast = _fast.enabled()
+        assoc = _fast.create_association(self) if fast else super()._create_association()
         acse = PolicyACSE(assoc)
         acse.policy = self.server.policy  # type: ignore[attr-defined]
         assoc.acse = acse

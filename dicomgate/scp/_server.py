@@ -11,21 +11,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pynetdicom
 import structlog
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from pydicom.uid import (
     HTJ2K,
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -35,10 +33,14 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomgate._logging import get_logger
 from dicomgate.config import Settings
 from dicomgate.ingest import Ingest, StoreRequest
+from dicomgate.scp import _fast
 from dicomgate.scp._policy import AccessPolicy, TunedRequestHandler
 from dicomgate.status import Status
 
@@ -102,6 +104,15 @@ class StoreSCP:
         s = self.settings
         # Stream each dataset to a file instead of memory (flat RSS for gigabyte instances).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        if _fast.enabled():
+            # Same File Meta bytes, written without pydicom (see dicomgate.scp._fast).
+            _fast.install_file_meta_fast_path()
+        else:
+            log.warning(
+                "pynetdicom version not checked for the fast reactors; using stock pynetdicom",
+                pynetdicom=pynetdicom.__version__,
+                supported=_fast.SUPPORTED,
+            )
         ae = AE(ae_title=s.ae_title)
         ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu_size
@@ -113,7 +124,8 @@ class StoreSCP:
         ae.require_calling_aet = []
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
         return ae
 
     @property
@@ -134,11 +146,14 @@ class StoreSCP:
             (evt.EVT_ABORTED, _handle_closed, [self, "aborted"]),
             (evt.EVT_CONN_CLOSE, _handle_closed, [self, "connection closed"]),
         ]
-        server = self.ae.make_server(
-            (s.host, s.port),
-            evt_handlers=handlers,
-            server_class=_Server,
-            request_handler=TunedRequestHandler,
+        server = cast(
+            _Server,
+            self.ae.make_server(
+                (s.host, s.port),
+                evt_handlers=handlers,
+                server_class=_Server,
+                request_handler=TunedRequestHandler,
+            ),
         )
         server.policy = AccessPolicy(
             ae_title=s.ae_title,

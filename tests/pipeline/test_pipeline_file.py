@@ -46,3 +46,56 @@ def test_study_delivered_to_file_destination(tmp_path: Path) -> None:
         assert delivered.PatientIdentityRemoved == "YES"
         original = originals[delivered.InstanceNumber]
         assert verify_no_phi(original, delivered, profile) == []
+
+
+def test_quarantined_instances_listed_in_manifest_and_status(tmp_path: Path) -> None:
+    """Burned-in text and a rejected modality are held back, with reasons, and reported."""
+    import subprocess
+    import sys
+
+    paths = write_ct_study(tmp_path / "study", 3, rows=16, columns=16)
+    burned = dcmread(paths[1])
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(paths[1], enforce_file_format=True)
+    study_uid = str(burned.StudyInstanceUID)
+    with start_node(tmp_path / "data", pipeline=True, stable_after=0.3) as n:
+        assert send_files(n.host, n.port, paths) == [0, 0, 0]
+        assert wait_for(lambda: _manifest_version(n, study_uid) == 1, timeout=30)
+        record = n.node.state.study(study_uid)  # type: ignore[union-attr]
+    assert record is not None and record.deid_study_uid
+    manifest = json.loads(
+        (tmp_path / "data" / "delivered" / record.deid_study_uid / "manifest-v1.json").read_bytes()
+    )
+    assert manifest["counts"] == {"series": 1, "instances": 2, "quarantined": 1,
+                                  "bytes": manifest["counts"]["bytes"]}
+    [held] = manifest["quarantined"]
+    assert held["stage"] == "deidentify" and "Burned" in held["reason"]
+    assert held["sop_instance_uid"] != str(burned.SOPInstanceUID)  # pseudonymized
+
+    status = subprocess.run(
+        [sys.executable, "-m", "dicomgate", "status", study_uid, "--json",
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    [s] = json.loads(status.stdout)["studies"]
+    assert s["state"] == "delivered" and s["manifest_version"] == 1
+    assert s["instances_by_state"] == {"delivered": 2, "quarantined": 1}
+    [q] = s["quarantined"]
+    assert q["stage"] == "deidentify" and "Burned" in q["reason"]
+    # the raw copy of a quarantined instance stays on disk for a human to look at
+    assert len(list((tmp_path / "data" / "spool" / "instances").iterdir())) >= 1
+
+
+def test_accept_rules_quarantine_at_validate(tmp_path: Path) -> None:
+    """An instance outside the accepted modalities is quarantined at the validate stage."""
+    [path] = write_ct_study(tmp_path / "study", 1, rows=16, columns=16)
+    uid = str(dcmread(path).StudyInstanceUID)
+    with start_node(
+        tmp_path / "data", pipeline=True, stable_after=0.2, accept_modalities=["MR"]
+    ) as n:
+        assert send_files(n.host, n.port, [path]) == [0]
+        assert wait_for(lambda: _manifest_version(n, uid) == 1, timeout=30)
+        assert n.node.state is not None
+        [rec] = n.node.state.instances()
+    assert rec.state == "quarantined" and rec.stage == "validate"
+    assert rec.reason == "modality CT is not accepted"

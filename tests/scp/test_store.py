@@ -11,10 +11,10 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
     HTJ2K,
+    CTImageStorage,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     JPEGLSNearLossless,
-    CTImageStorage,
 )
 from pynetdicom import AE
 
