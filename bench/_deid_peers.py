@@ -43,9 +43,7 @@ def _deid(files: list[Path], out: Path) -> None:
     from deid.dicom import replace_identifiers
 
     for f in files:
-        replace_identifiers(
-            dicom_files=[str(f)], save=True, output_folder=str(out), overwrite=True
-        )
+        replace_identifiers(dicom_files=[str(f)], save=True, output_folder=str(out), overwrite=True)
 
 
 TOOLS = {

@@ -89,8 +89,7 @@ def check_header(
     if request_sop_class_uid is not None and sop_class != request_sop_class_uid.strip():
         return Refusal(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"dataset SOP Class UID {sop_class} differs from the request's "
-            f"{request_sop_class_uid}",
+            f"dataset SOP Class UID {sop_class} differs from the request's {request_sop_class_uid}",
         )
     for keyword in _REQUIRED_UIDS:
         value = uids[keyword]

@@ -105,15 +105,15 @@ def status(
             click.echo(f"    quarantined {q['instance']} ({q['stage']}): {q['reason']}")
 
 
-
-
 @main.command()
 @_config_option
 @_data_dir_option
 @click.argument("study")
 @click.option("--json", "as_json", is_flag=True, help="The link set as JSON.")
 @click.option(
-    "--expires", "expires_in", type=click.IntRange(1, 7 * 24 * 3600),
+    "--expires",
+    "expires_in",
+    type=click.IntRange(1, 7 * 24 * 3600),
     help="Link lifetime in seconds [link_expiry setting].",
 )
 @click.option("--destination", help="s3://bucket/prefix or file:///path.")
@@ -129,7 +129,7 @@ def links(
     import asyncio
 
     from dicomgate.delivery.errors import DeliveryError
-    from dicomgate.delivery.reissue import StudyNotDelivered, reissue_links
+    from dicomgate.delivery.reissue import StudyNotDeliveredError, reissue_links
     from dicomgate.state import StateStore
 
     settings = settings_or_exit(config_file, data_dir=data_dir, destination=destination)
@@ -139,7 +139,7 @@ def links(
     with StateStore.open(settings.state_path, readonly=True) as store:
         try:
             link_set = asyncio.run(reissue_links(settings, store, study, expires_in=expires_in))
-        except (StudyNotDelivered, DeliveryError) as exc:
+        except (StudyNotDeliveredError, DeliveryError) as exc:
             click.echo(f"dicomgate: {exc}", err=True)
             sys.exit(1)
     if as_json:

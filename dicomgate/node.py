@@ -78,6 +78,9 @@ class Node:
     def _in_flight(self) -> set[str]:
         return self.scp.studies_in_flight() if self.scp is not None else set()
 
+    def _ingest_busy(self) -> bool:
+        return self.scp is not None and self.scp.busy()
+
     def start(self) -> tuple[str, int]:
         self.spool.prepare()
         self.state = StateStore.open(self.settings.state_path)
@@ -94,6 +97,7 @@ class Node:
                 destination=open_destination(self.settings.destination_url, self.settings),
                 notifiers=build_notifiers(self.settings),
                 in_flight=self._in_flight,
+                ingest_busy=self._ingest_busy,
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))

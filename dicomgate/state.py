@@ -513,17 +513,23 @@ class StateStore:
 
         ``study`` may be the original or the pseudonymized Study Instance UID.
         """
-        where, params = "", ()
+        where = ""
+        params: tuple[str, ...] = ()
         if study:
-            where, params = "WHERE s.study_instance_uid = ? OR s.deid_study_uid = ? ", (study, study)
+            where = "WHERE s.study_instance_uid = ? OR s.deid_study_uid = ? "
+            params = (study, study)
+        sql = (
+            "SELECT s.study_instance_uid AS study, s.deid_study_uid, s.first_received_at, "
+            "s.last_received_at, s.manifest_version, s.notified_version, s.delivered_at, "
+            "i.state AS state, count(*) AS n, sum(i.size) AS bytes, "
+            "sum(i.reported_version IS NULL) AS unreported "
+            "FROM studies s JOIN instances i USING (study_instance_uid) "
+            + where
+            + "GROUP BY s.study_instance_uid, i.state ORDER BY s.first_received_at"
+        )
         with self._lock:
             rows = self._conn.execute(
-                "SELECT s.study_instance_uid AS study, s.deid_study_uid, s.first_received_at, "
-                "s.last_received_at, s.manifest_version, s.notified_version, s.delivered_at, "
-                "i.state AS state, count(*) AS n, sum(i.size) AS bytes, "
-                "sum(i.reported_version IS NULL) AS unreported "
-                "FROM studies s JOIN instances i USING (study_instance_uid) "  # noqa: S608
-                f"{where}GROUP BY s.study_instance_uid, i.state ORDER BY s.first_received_at",
+                sql,
                 params,
             ).fetchall()
             quarantined = self._conn.execute(

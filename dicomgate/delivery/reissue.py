@@ -17,10 +17,10 @@ from dicomgate.delivery.links import LinkSet, make_link_set
 from dicomgate.delivery.manifest import Manifest
 from dicomgate.state import StateStore
 
-__all__ = ["StudyNotDelivered", "reissue_links"]
+__all__ = ["StudyNotDeliveredError", "reissue_links"]
 
 
-class StudyNotDelivered(LookupError):
+class StudyNotDeliveredError(LookupError):
     """The study is unknown here, or no manifest of it has been published yet."""
 
 
@@ -37,9 +37,9 @@ async def reissue_links(
     """Fresh links for the latest manifest of ``study`` (original or pseudonymized UID)."""
     record = state.study(study)
     if record is None:
-        raise StudyNotDelivered(f"no study {study} in the state store")
+        raise StudyNotDeliveredError(f"no study {study} in the state store")
     if record.manifest_version < 1 or record.deid_study_uid is None:
-        raise StudyNotDelivered(f"study {study} has not been delivered yet")
+        raise StudyNotDeliveredError(f"study {study} has not been delivered yet")
     destination = open_destination(settings.destination_url, settings)
     try:
         url = await destination.link(

@@ -56,6 +56,7 @@ log = get_logger(__name__)
 
 _MAX_WORKER_CRASHES = 3
 _NOTIFY_ATTEMPTS = 5
+_UPLOAD_TURN = 5.0  # seconds: while receiving, uploads wait one turn, then run one turn
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -76,6 +77,7 @@ class Pipeline:
         destination: Destination,
         notifiers: Sequence[Notifier],
         in_flight: Callable[[], Collection[str]] = frozenset,
+        ingest_busy: Callable[[], bool] = lambda: False,
         workers: int | None = None,
     ) -> None:
         self.settings = settings
@@ -85,6 +87,7 @@ class Pipeline:
         self.notifiers = list(notifiers)
         self._pz = pseudonymizer
         self._in_flight_studies = in_flight
+        self._ingest_busy = ingest_busy
         self._deid = DeidConfig.from_settings(settings, key)
         self._rules = AcceptRules.build(
             modalities=settings.accept_modalities,
@@ -104,6 +107,7 @@ class Pipeline:
         self._stopping = False
         self._crashes: dict[int, int] = {}
         self._publish_backoff: dict[str, tuple[int, float]] = {}
+        self._busy_since: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,9 +117,11 @@ class Pipeline:
         self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
         spawn = asyncio.get_running_loop().create_task
         self._tasks = [spawn(self._feed(), name="feed")]
-        self._tasks += [spawn(self._processor(), name=f"process-{i}") for i in range(self._workers)]
         self._tasks += [
-            spawn(self._uploader(), name=f"upload-{i}")
+            spawn(self._processor(i), name=f"process-{i}") for i in range(self._workers)
+        ]
+        self._tasks += [
+            spawn(self._uploader(i), name=f"upload-{i}")
             for i in range(self.settings.delivery_concurrency)
         ]
         self._tasks.append(spawn(self._track(), name="track"))
@@ -164,6 +170,8 @@ class Pipeline:
                 else:
                     await self._process_q.put(rec)
             if not rows or len(rows) < 64:
+                if self._ingest_busy():
+                    await asyncio.sleep(0.1)  # many wakes while receiving: poll less often
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
 
@@ -185,9 +193,31 @@ class Pipeline:
         self._wake.set()
 
     # -- validate → de-identify → verify (worker processes) ----------------------------------------
-    async def _processor(self) -> None:
+    async def _yield_to_ingest(self, index: int, allowed_while_busy: int) -> None:
+        """Receiving comes first (promise 1 is paid in C-STORE latency): while associations
+        are open, only the first ``allowed_while_busy`` workers of a kind keep going."""
+        while index >= allowed_while_busy and self._ingest_busy() and not self._stopping:
+            await asyncio.sleep(0.1)
+
+    def _uploads_deferred(self) -> bool:
+        """While associations are open, uploads take turns with receiving: a burst is received
+        at full speed and uploaded after, and sustained traffic still uploads half the time.
+
+        Measured on 2 cores (file destination, 2,000 small instances over one association):
+        uploading alongside receiving made the sender's run 50% slower.
+        """
+        if not self._ingest_busy() or self._stopping:
+            self._busy_since = None
+            return False
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        return int((now - self._busy_since) // _UPLOAD_TURN) % 2 == 0
+
+    async def _processor(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._yield_to_ingest(index, 1)
             rec = await self._process_q.get()
             assert rec.id is not None and self._pool is not None
             if rec.spool_path is None:
@@ -238,7 +268,9 @@ class Pipeline:
                 self.state.record_processed(
                     rec.id, rec.study_instance_uid, sha256=result.raw_sha256
                 )
-            self.state.quarantine(rec.id, stage=result.stage or "process", reason=result.reason or "")
+            self.state.quarantine(
+                rec.id, stage=result.stage or "process", reason=result.reason or ""
+            )
             log.warning(
                 "instance quarantined",
                 instance=self._pz.log_id(rec.sop_instance_uid),
@@ -265,9 +297,11 @@ class Pipeline:
         await self._upload_q.put(updated)
 
     # -- upload ---------------------------------------------------------------------------------
-    async def _uploader(self) -> None:
+    async def _uploader(self, index: int) -> None:
         while True:
             rec = await self._upload_q.get()
+            while self._uploads_deferred():
+                await asyncio.sleep(0.05)
             try:
                 await self._upload(rec)
             finally:
@@ -306,7 +340,7 @@ class Pipeline:
         self.state.record_uploaded(rec.id, key)
         path.unlink(missing_ok=True)
 
-    # -- study completion ---------------------------------------------------------------------------
+    # -- study completion ----------------------------------------------------------------------
     async def _track(self) -> None:
         while True:
             await asyncio.sleep(min(0.25, max(0.05, self.settings.stable_after / 4)))
@@ -407,7 +441,9 @@ class Pipeline:
             pending = retryable
             await asyncio.sleep(backoff(attempt, cap=10.0))
         if pending:
-            log.error("notification failed", manifest_version=version, failed=[n.name for n in pending])
+            log.error(
+                "notification failed", manifest_version=version, failed=[n.name for n in pending]
+            )
         else:
             self.state.mark_notified(study.study_instance_uid, version)
         log.info(

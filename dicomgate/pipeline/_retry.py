@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter")."""
+"""Exponential backoff with full jitter ("Exponential Backoff And Jitter", AWS blog)."""
 
 from __future__ import annotations
 

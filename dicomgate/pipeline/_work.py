@@ -30,13 +30,16 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def worker_init() -> None:
-    """Set up a worker process: it dies with the node and leaves signals to the node.
+    """Set up a worker process: lower priority, dies with the node, leaves signals to it.
 
     A SIGKILLed node must not leave workers behind holding memory (and the node's stderr):
     on Linux, prctl(PR_SET_PDEATHSIG) has the kernel kill the worker when its parent dies.
     SIGINT (Ctrl-C reaches the whole process group) is the node's to handle, in order.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Receiving comes first: a sender waits on every C-STORE response, while de-identification
+    # is background work that can lag a little behind (promise 5 covers the spool).
+    os.nice(10)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -143,7 +146,7 @@ def _write(job: _Job) -> _Job:
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(job.encoded)
     # Staging is a cache: lost or torn files are detected by size and redone from the spool.
-    os.replace(tmp, target)
+    tmp.replace(target)
     return job
 
 

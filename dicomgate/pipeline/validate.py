@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 __all__ = ["AcceptRules", "InstanceMetadata"]

@@ -214,8 +214,6 @@ class _FileMeta(NamedTuple):
     implementation_version: str
 
 
-
-
 def _evr(tag_element: int, vr: bytes, value: bytes) -> bytes:
     """One group-0002 element, Explicit VR Little Endian, short (2-byte length) form."""
     return struct.pack("<HH2sH", 0x0002, tag_element, vr, len(value)) + value
@@ -228,8 +226,12 @@ def encode_file_meta(meta: _FileMeta) -> bytes | None:
     try:
         uids = [
             v.encode("ascii")
-            for v in (meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax,
-                      meta.implementation_uid)
+            for v in (
+                meta.sop_class_uid,
+                meta.sop_instance_uid,
+                meta.transfer_syntax,
+                meta.implementation_uid,
+            )
         ]
         version = meta.implementation_version.encode("ascii")
     except (UnicodeEncodeError, AttributeError):
@@ -240,7 +242,8 @@ def encode_file_meta(meta: _FileMeta) -> bytes | None:
     if len(version) % 2:
         version += b" "
     body = (
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2)
+        + b"\x00\x01"
         + _evr(0x0002, b"UI", uids[0])
         + _evr(0x0003, b"UI", uids[1])
         + _evr(0x0010, b"UI", uids[2])
@@ -259,7 +262,10 @@ def _create_file_meta(
     implementation_version: str = PYNETDICOM_IMPLEMENTATION_VERSION,
 ) -> _FileMeta:
     return _FileMeta(
-        sop_class_uid, sop_instance_uid, transfer_syntax, implementation_uid,
+        sop_class_uid,
+        sop_instance_uid,
+        transfer_syntax,
+        implementation_uid,
         implementation_version,
     )
 
@@ -563,4 +569,3 @@ def create_association(handler: RequestHandler) -> Association:
                 assoc.bind(event, handler_[0], handler_[1])
 
     return assoc
-

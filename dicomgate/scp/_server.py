@@ -252,6 +252,11 @@ class StoreSCP:
         with self._lock:
             return self._associations.pop(id(assoc), None)
 
+    def busy(self) -> bool:
+        """Whether any association is open (cheap; polled by the pipeline)."""
+        with self._lock:
+            return bool(self._associations)
+
     def studies_in_flight(self) -> set[str]:
         """Study Instance UIDs that some open association has sent instances of."""
         with self._lock:

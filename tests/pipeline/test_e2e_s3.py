@@ -30,13 +30,13 @@ from tests.seaweed import SeaweedFS
 
 
 def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=30) as r:
         return bytes(r.read())
 
 
 def _status_code(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=30) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         exc.close()
@@ -56,9 +56,20 @@ def node_env(seaweed: SeaweedFS, bucket: str, hook: Webhook, **extra: str) -> di
 
 def storescu(dcmtk: dict[str, str], port: int, *paths: Path) -> None:
     subprocess.run(
-        [dcmtk["storescu"], "-aec", "DICOMGATE", "+sd", "+r", "127.0.0.1", str(port),
-         *map(str, paths)],
-        check=True, capture_output=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"},
+        [
+            dcmtk["storescu"],
+            "-aec",
+            "DICOMGATE",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            str(port),
+            *map(str, paths),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
 
 
@@ -69,9 +80,10 @@ def test_ct_study_delivered_through_presigned_links(
     """300 CT instances full of PHI arrive de-identified, whole, downloadable, once."""
     paths = write_ct_study(tmp_path / "study", 300)
     data_dir = tmp_path / "data"
-    with webhook_server() as hook, serve_process(
-        data_dir, env=node_env(seaweed, bucket, hook)
-    ) as node:
+    with (
+        webhook_server() as hook,
+        serve_process(data_dir, env=node_env(seaweed, bucket, hook)) as node,
+    ):
         storescu(dcmtk, node.port, tmp_path / "study")
         assert wait_for(lambda: hook.versions() == [1], timeout=180), node.log_text()[-3000:]
         note = hook.latest()
@@ -112,15 +124,28 @@ def test_ct_study_delivered_through_presigned_links(
         url = links["instances"][0]["url"]
         assert _status_code(url) == 200
         sig_at = url.index("X-Amz-Signature=") + len("X-Amz-Signature=")
-        tampered = url[:sig_at] + ("0" if url[sig_at] != "0" else "1") + url[sig_at + 1:]
+        tampered = url[:sig_at] + ("0" if url[sig_at] != "0" else "1") + url[sig_at + 1 :]
         assert _status_code(tampered) == 403
         other_key = url.replace(links["instances"][0]["key"], links["instances"][1]["key"])
         assert _status_code(other_key) == 403
 
         short = subprocess.run(
-            [sys.executable, "-m", "dicomgate", "links", note["study_instance_uid"], "--json",
-             "--expires", "1", "--data-dir", str(data_dir)],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "dicomgate",
+                "links",
+                note["study_instance_uid"],
+                "--json",
+                "--expires",
+                "1",
+                "--data-dir",
+                str(data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
             env={**os.environ, **node_env(seaweed, bucket, hook)},
         )
         fresh = json.loads(short.stdout)
@@ -129,9 +154,20 @@ def test_ct_study_delivered_through_presigned_links(
 
         # re-issued links (by the original Study UID too) work
         again = subprocess.run(
-            [sys.executable, "-m", "dicomgate", "links", str(dcmread(paths[0]).StudyInstanceUID),
-             "--json", "--data-dir", str(data_dir)],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "dicomgate",
+                "links",
+                str(dcmread(paths[0]).StudyInstanceUID),
+                "--json",
+                "--data-dir",
+                str(data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
             env={**os.environ, **node_env(seaweed, bucket, hook)},
         )
         relinked = json.loads(again.stdout)

@@ -53,9 +53,7 @@ def _max_attempts(data_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_s3_outage_mid_study_then_delivered_once(
-    tmp_path: Path, dcmtk: dict[str, str]
-) -> None:
+def test_s3_outage_mid_study_then_delivered_once(tmp_path: Path, dcmtk: dict[str, str]) -> None:
     """With S3 down, instances wait and retry; when it is back the study arrives once, whole."""
     with run_seaweedfs(tmp_path / "s3") as s3, webhook_server() as hook:
         s3.create_bucket("outage-test")

@@ -66,16 +66,31 @@ def test_quarantined_instances_listed_in_manifest_and_status(tmp_path: Path) -> 
     manifest = json.loads(
         (tmp_path / "data" / "delivered" / record.deid_study_uid / "manifest-v1.json").read_bytes()
     )
-    assert manifest["counts"] == {"series": 1, "instances": 2, "quarantined": 1,
-                                  "bytes": manifest["counts"]["bytes"]}
+    assert manifest["counts"] == {
+        "series": 1,
+        "instances": 2,
+        "quarantined": 1,
+        "bytes": manifest["counts"]["bytes"],
+    }
     [held] = manifest["quarantined"]
     assert held["stage"] == "deidentify" and "Burned" in held["reason"]
     assert held["sop_instance_uid"] != str(burned.SOPInstanceUID)  # pseudonymized
 
     status = subprocess.run(
-        [sys.executable, "-m", "dicomgate", "status", study_uid, "--json",
-         "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "dicomgate",
+            "status",
+            study_uid,
+            "--json",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     [s] = json.loads(status.stdout)["studies"]
     assert s["state"] == "delivered" and s["manifest_version"] == 1

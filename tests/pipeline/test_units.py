@@ -72,9 +72,13 @@ def _progress(**kw: object) -> StudyProgress:
         ({}, 500.0, {"1.2.3"}, False),  # an open association is sending it
     ],
 )
-def test_completion_rule(change: dict[str, int], now: float, in_flight: set[str], complete: bool) -> None:
+def test_completion_rule(
+    change: dict[str, int], now: float, in_flight: set[str], complete: bool
+) -> None:
     """A study completes only when quiet, idle, fully carried and with news to report."""
-    assert is_complete(_progress(**change), now=now, stable_after=60, in_flight=in_flight) is complete
+    assert (
+        is_complete(_progress(**change), now=now, stable_after=60, in_flight=in_flight) is complete
+    )
 
 
 def test_backoff_is_bounded_and_grows() -> None:

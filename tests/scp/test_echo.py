@@ -12,7 +12,9 @@ def test_echoscu_succeeds(node: NodeHandle, dcmtk: dict[str, str]) -> None:
     """DCMTK's echoscu gets a successful C-ECHO from the node."""
     result = subprocess.run(
         [dcmtk["echoscu"], "-aec", "DICOMGATE", node.host, str(node.port)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
 
@@ -29,7 +31,9 @@ def test_pynetdicom_echo_status_is_success(node: NodeHandle) -> None:
 def _echo_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dicomgate", "echo", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -30,7 +30,9 @@ def test_unknown_calling_ae_rejected_reason_3(tmp_path: Path, dcmtk: dict[str, s
 
         dcmtk_rejected = subprocess.run(
             [dcmtk["echoscu"], "-aet", "STRANGER", "-aec", "DICOMGATE", n.host, str(n.port)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert dcmtk_rejected.returncode != 0
         assert "Calling AE Title Not Recognized" in dcmtk_rejected.stderr + dcmtk_rejected.stdout

@@ -75,9 +75,22 @@ def test_storescu_folder_recorded_with_association_details(
     """storescu +sd +r of a folder: every instance gets success and a state row."""
     paths = write_ct_study(tmp_path / "study", 12, rows=64, columns=64)
     result = subprocess.run(
-        [dcmtk["storescu"], "-aet", "MODALITY1", "-aec", "DICOMGATE", "+sd", "+r",
-         node.host, str(node.port), str(tmp_path / "study")],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"},
+        [
+            dcmtk["storescu"],
+            "-aet",
+            "MODALITY1",
+            "-aec",
+            "DICOMGATE",
+            "+sd",
+            "+r",
+            node.host,
+            str(node.port),
+            str(tmp_path / "study"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert node.node.state is not None
