@@ -216,7 +216,8 @@ class Settings(BaseSettings):
 
     # -- ops ------------------------------------------------------------------------------------
     ops_host: str = Field("127.0.0.1", description="Address of the health/metrics HTTP endpoint.")
-    ops_port: int = Field(8080, ge=0, le=65535, description="0 disables the ops endpoint.")
+    ops_port: int = Field(8080, ge=0, le=65535, description="Its TCP port (0: any free port).")
+    ops_enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics, /studies.")
 
     @field_validator("ae_title")
     @classmethod

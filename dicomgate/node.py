@@ -22,6 +22,7 @@ from dicomgate._logging import configure_logging, get_logger
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.ingest import Ingest
+from dicomgate.ops import Metrics, OpsServer
 from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, load_or_create_key
 from dicomgate.reconcile import ReconcileReport, reconcile
@@ -69,6 +70,8 @@ class Node:
         self.pipeline: Pipeline | None = None
         self.loop_thread: LoopThread | None = None
         self.reconcile_report: ReconcileReport | None = None
+        self.metrics = Metrics()
+        self.ops: OpsServer | None = None
 
     def on_stored(self, record: InstanceRecord) -> None:
         """Called in an association thread once an instance is durable and recorded."""
@@ -98,16 +101,48 @@ class Node:
                 notifiers=build_notifiers(self.settings),
                 in_flight=self._in_flight,
                 ingest_busy=self._ingest_busy,
+                metrics=self.metrics,
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
         ingest = Ingest(self.spool, self.state, self.pseudonymizer, on_stored=self.on_stored)
-        self.scp = StoreSCP(self.settings, ingest)
-        return self.scp.start()
+        self.scp = StoreSCP(self.settings, ingest, self.metrics)
+        address = self.scp.start()
+        if self.settings.ops_enabled:
+            self._start_ops()
+        return address
+
+    def _start_ops(self) -> None:
+        state, scp, spool = self.state, self.scp, self.spool
+        assert state is not None and scp is not None
+        self.metrics.watch(
+            open_associations=lambda: len(scp.open_associations()),
+            spool_bytes=lambda: spool.usage().bytes_used,
+            spool_limit=spool.limit,
+            backlog=state.backlog,
+        )
+
+        def ready() -> str | None:
+            if not scp.accepting:
+                return "not accepting associations"
+            return spool.check_room()
+
+        self.ops = OpsServer(
+            self.settings.ops_host,
+            self.settings.ops_port,
+            metrics=self.metrics,
+            ready=ready,
+            studies=state.status_report,
+        )
+        self.ops.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Ordered shutdown (STYLE 6)."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
+        # 0. the ops endpoint goes first: readiness must not say "ready" while stopping
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
         # 1. stop accepting associations; let open ones finish (bounded), abort the rest
         if self.scp is not None:
             self.scp.stop(timeout)

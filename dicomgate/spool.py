@@ -118,7 +118,7 @@ class Spool:
     def check_room(self, incoming_size: int = 0) -> str | None:
         """Why there is no room for another instance, or ``None`` if there is."""
         u = self.usage()
-        if u.bytes_used + incoming_size > u.limit:
+        if u.bytes_used >= u.limit or u.bytes_used + incoming_size > u.limit:
             return f"spool over its limit ({u.bytes_used + incoming_size} > {u.limit} bytes)"
         if u.free_on_disk < u.min_free:
             return f"spool filesystem short of space ({u.free_on_disk} < {u.min_free} bytes free)"

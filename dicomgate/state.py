@@ -361,6 +361,14 @@ class StateStore:
             ).fetchall()
         return [_record(r) for r in rows if r["id"] not in exclude][:limit]
 
+    def backlog(self) -> int:
+        """Instances received or processed, not yet uploaded or quarantined."""
+        with self._lock:
+            (n,) = self._conn.execute(
+                "SELECT count(*) FROM instances WHERE state IN ('received', 'processed')"
+            ).fetchone()
+        return int(n)
+
     def get(self, row_id: int) -> InstanceRecord | None:
         with self._lock:
             row = self._conn.execute(

@@ -51,7 +51,7 @@ def start_node(data_dir: Path, *, pipeline: bool = False, **overrides: Any) -> I
         port=0,
         secret_key=TEST_KEY,
         min_free_space=0,
-        **overrides,
+        **{"ops_port": 0, **overrides},
     )
     node = Node(settings, pipeline=pipeline)
     host, port = node.start()
@@ -168,6 +168,7 @@ def serve_process(
         "DICOMGATE_SECRET_KEY": TEST_KEY,
         "DICOMGATE_MIN_FREE_SPACE": "0",
         "DICOMGATE_LOG_FORMAT": "json",
+        "DICOMGATE_OPS_PORT": "0",
         **(env or {}),
     }
     proc = subprocess.Popen(

@@ -42,6 +42,7 @@ from dicomgate.delivery import (
     notify_all,
     publish_manifest,
 )
+from dicomgate.ops.metrics import Metrics
 from dicomgate.pipeline._retry import backoff
 from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance, worker_init
 from dicomgate.pipeline.tracker import is_complete
@@ -78,6 +79,7 @@ class Pipeline:
         notifiers: Sequence[Notifier],
         in_flight: Callable[[], Collection[str]] = frozenset,
         ingest_busy: Callable[[], bool] = lambda: False,
+        metrics: Metrics | None = None,
         workers: int | None = None,
     ) -> None:
         self.settings = settings
@@ -88,6 +90,7 @@ class Pipeline:
         self._pz = pseudonymizer
         self._in_flight_studies = in_flight
         self._ingest_busy = ingest_busy
+        self._metrics = metrics
         self._deid = DeidConfig.from_settings(settings, key)
         self._rules = AcceptRules.build(
             modalities=settings.accept_modalities,
@@ -186,6 +189,14 @@ class Pipeline:
         except FileNotFoundError:
             return False
 
+    def _quarantine(self, row_id: int, *, stage: str, reason: str) -> None:
+        self.state.quarantine(row_id, stage=stage, reason=reason)
+        self._count("quarantined")
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.pipeline.labels(outcome).inc()
+
     def _done(self, rec: InstanceRecord) -> None:
         assert rec.id is not None
         self._carrying.discard(rec.id)
@@ -221,7 +232,7 @@ class Pipeline:
             rec = await self._process_q.get()
             assert rec.id is not None and self._pool is not None
             if rec.spool_path is None:
-                self.state.quarantine(rec.id, stage="spool", reason="raw copy missing")
+                self._quarantine(rec.id, stage="spool", reason="raw copy missing")
                 self._done(rec)
                 continue
             order = WorkOrder(
@@ -238,7 +249,7 @@ class Pipeline:
                 continue
             except Exception as exc:  # a bug in a stage: keep the instance, say why
                 log.exception("processing failed", row=rec.id)
-                self.state.quarantine(rec.id, stage="process", reason=type(exc).__name__)
+                self._quarantine(rec.id, stage="process", reason=type(exc).__name__)
                 self._done(rec)
                 continue
             await self._record(rec, result)
@@ -253,9 +264,7 @@ class Pipeline:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
         if crashes >= _MAX_WORKER_CRASHES:
-            self.state.quarantine(
-                rec.id, stage="process", reason=f"worker process died {crashes} times"
-            )
+            self._quarantine(rec.id, stage="process", reason=f"worker process died {crashes} times")
             self._done(rec)
         else:
             self._carrying.discard(rec.id)  # the feeder hands it out again
@@ -268,9 +277,7 @@ class Pipeline:
                 self.state.record_processed(
                     rec.id, rec.study_instance_uid, sha256=result.raw_sha256
                 )
-            self.state.quarantine(
-                rec.id, stage=result.stage or "process", reason=result.reason or ""
-            )
+            self._quarantine(rec.id, stage=result.stage or "process", reason=result.reason or "")
             log.warning(
                 "instance quarantined",
                 instance=self._pz.log_id(rec.sop_instance_uid),
@@ -292,6 +299,7 @@ class Pipeline:
             series_number=result.series_number,
             instance_number=result.instance_number,
         )
+        self._count("processed")
         updated = self.state.get(rec.id)
         assert updated is not None
         await self._upload_q.put(updated)
@@ -320,11 +328,13 @@ class Pipeline:
                 break
             except RetryableDeliveryError as exc:
                 attempt += 1
+                if self._metrics is not None:
+                    self._metrics.upload_retries.inc()
                 self.state.record_retry(rec.id, stage="upload", reason=str(exc)[:200])
                 if time.monotonic() - started >= self.settings.retry_for or self._stopping:
                     if self._stopping:
                         return  # stays 'processed'; resumes at the next start
-                    self.state.quarantine(
+                    self._quarantine(
                         rec.id,
                         stage="upload",
                         reason=f"destination unavailable for {self.settings.retry_for:.0f} s",
@@ -334,10 +344,11 @@ class Pipeline:
                 log.warning("upload failed, will retry", row=rec.id, attempt=attempt, in_s=delay)
                 await asyncio.sleep(delay)
             except DeliveryError as exc:
-                self.state.quarantine(rec.id, stage="upload", reason=f"{exc.code}: refused")
+                self._quarantine(rec.id, stage="upload", reason=f"{exc.code}: refused")
                 log.error("upload refused", row=rec.id, code=exc.code)
                 return
         self.state.record_uploaded(rec.id, key)
+        self._count("uploaded")
         path.unlink(missing_ok=True)
 
     # -- study completion ----------------------------------------------------------------------
@@ -429,6 +440,8 @@ class Pipeline:
         manifest = self.build_manifest(study, version)
         await publish_manifest(self.destination, manifest)
         self.state.mark_reported(study.study_instance_uid, version)
+        if self._metrics is not None:
+            self._metrics.studies_delivered.inc()
         links = await make_link_set(self.destination, manifest, self.settings.link_expiry)
         notification = Notification.for_manifest(manifest, self.destination.url, links)
         pending = list(self.notifiers)

@@ -40,6 +40,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomgate._logging import get_logger
 from dicomgate.config import Settings
 from dicomgate.ingest import Ingest, StoreRequest
+from dicomgate.ops.metrics import Metrics
 from dicomgate.scp import _fast
 from dicomgate.scp._policy import AccessPolicy, TunedRequestHandler
 from dicomgate.status import Status
@@ -89,9 +90,10 @@ class _Server(ThreadedAssociationServer):
 class StoreSCP:
     """Owns the AE, the listening server and the registry of open associations."""
 
-    def __init__(self, settings: Settings, ingest: Ingest) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.ingest = ingest
+        self.metrics = metrics
         self._associations: dict[int, AssociationInfo] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -129,6 +131,10 @@ class StoreSCP:
         return ae
 
     @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
     def address(self) -> tuple[str, int]:
         if self._server is None:
             raise RuntimeError("the SCP is not listening")
@@ -142,6 +148,7 @@ class StoreSCP:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
             (evt.EVT_ESTABLISHED, _handle_established, [self]),
+            (evt.EVT_REJECTED, _handle_rejected, [self]),
             (evt.EVT_RELEASED, _handle_closed, [self, "released"]),
             (evt.EVT_ABORTED, _handle_closed, [self, "aborted"]),
             (evt.EVT_CONN_CLOSE, _handle_closed, [self, "connection closed"]),
@@ -268,7 +275,14 @@ def _handle_echo(event: Any) -> int:
     return int(Status.SUCCESS)
 
 
+def _handle_rejected(event: Any, scp: StoreSCP) -> None:
+    if scp.metrics is not None:
+        scp.metrics.associations.labels("rejected").inc()
+
+
 def _handle_established(event: Any, scp: StoreSCP) -> None:
+    if scp.metrics is not None:
+        scp.metrics.associations.labels("accepted").inc()
     info = scp.info(event.assoc)
     # Bound in the association's own thread: every later log line of this association has it.
     structlog.contextvars.bind_contextvars(assoc_id=info.assoc_id, calling_ae=info.calling_ae)
@@ -309,6 +323,7 @@ def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
 
 
 def _handle_store(event: Any, scp: StoreSCP) -> int:
+    started = time.perf_counter()
     info = scp.info(event.assoc)
     req = event.request
     outcome = scp.ingest.store(
@@ -327,4 +342,9 @@ def _handle_store(event: Any, scp: StoreSCP) -> int:
             info.studies.add(outcome.record.study_instance_uid)
     else:
         info.refused += 1
+    if scp.metrics is not None:
+        scp.metrics.store_seconds.observe(time.perf_counter() - started)
+        scp.metrics.stores.labels(outcome.status.name.lower()).inc()
+        if outcome.record is not None and not outcome.duplicate:
+            scp.metrics.stored_bytes.inc(outcome.record.size)
     return int(outcome.status)

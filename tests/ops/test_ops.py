@@ -1,0 +1,83 @@
+"""The ops endpoint: liveness, readiness, Prometheus metrics and study status without PHI."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicomgate.testing import write_ct_study
+from tests.helpers import NodeHandle, associate, send_files, start_node, wait_for
+
+
+def _get(node: NodeHandle, path: str) -> tuple[int, str]:
+    assert node.node.ops is not None
+    host, port = node.node.ops.address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        exc.close()
+        return int(exc.code), body
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_health_and_readiness(tmp_path: Path) -> None:
+    """/healthz is 200; /readyz is 200 with room in the spool and 503 with the reason when full."""
+    with start_node(tmp_path / "data") as n:
+        assert _get(n, "/healthz") == (200, "ok\n")
+        assert _get(n, "/readyz") == (200, "ready\n")
+        n.node.spool.limit = 0
+        code, body = _get(n, "/readyz")
+        assert code == 503 and "spool over its limit" in body
+        assert _get(n, "/nope")[0] == 404
+
+
+def test_metrics_count_what_happened(tmp_path: Path) -> None:
+    """Stores by status, associations by outcome, spool bytes and the pipeline's counters."""
+    paths = write_ct_study(tmp_path / "s", 3, rows=16, columns=16)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    with start_node(tmp_path / "data", pipeline=True, stable_after=0.2) as n:
+        assert send_files(n.host, n.port, [*paths, paths[0]]) == [0, 0, 0, 0]
+        rejected = associate(n.host, n.port, aec="SOMEONE_ELSE")
+        assert rejected.is_rejected
+        assert wait_for(lambda: (s := n.node.state.study(uid)) is not None and s.manifest_version)  # type: ignore[union-attr]
+        code, text = _get(n, "/metrics")
+    assert code == 200
+    assert _metric(text, 'dicomgate_c_store_total{status="success"}') == 4
+    assert _metric(text, 'dicomgate_associations_total{outcome="accepted"}') == 1
+    assert _metric(text, 'dicomgate_associations_total{outcome="rejected"}') == 1
+    assert _metric(text, "dicomgate_c_store_seconds_count") == 4
+    assert _metric(text, 'dicomgate_pipeline_instances_total{outcome="uploaded"}') == 3
+    assert _metric(text, "dicomgate_manifests_published_total") == 1
+    assert _metric(text, "dicomgate_spool_limit_bytes") > 0
+    assert _metric(text, "dicomgate_pipeline_backlog") == 0
+
+
+def test_studies_status_hides_original_identifiers(tmp_path: Path) -> None:
+    """/studies/<uid> answers by original or pseudonymized UID and shows only pseudonyms."""
+    paths = write_ct_study(tmp_path / "s", 2, rows=16, columns=16)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    with start_node(tmp_path / "data", pipeline=True, stable_after=0.2) as n:
+        assert send_files(n.host, n.port, paths) == [0, 0]
+        assert wait_for(lambda: (s := n.node.state.study(uid)) is not None and s.manifest_version)  # type: ignore[union-attr]
+        code, body = _get(n, f"/studies/{uid}")
+        assert code == 200
+        study = json.loads(body)
+        assert study["instances"] == 2 and study["state"] == "delivered"
+        assert uid not in body
+        by_pseudonym = json.loads(_get(n, f"/studies/{study['deid_study']}")[1])
+        assert by_pseudonym == study
+        code, listing = _get(n, "/studies")
+        assert code == 200 and uid not in listing
+        assert _get(n, "/studies/1.2.3.4")[0] == 404
