@@ -94,6 +94,19 @@ def _file_meta(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> Fi
     return meta
 
 
+def _image_pixel_module(ds: Dataset, rows: int, columns: int) -> None:
+    """12-bit monochrome in 16-bit words (PS3.3 C.7.6.3), and no burned-in text."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.BurnedInAnnotation = "NO"
+
+
 def make_ct_instance(
     study_uid: str,
     series_uid: str,
@@ -121,15 +134,7 @@ def make_ct_instance(
     ds.PixelSpacing = [0.7, 0.7]
     ds.RescaleIntercept = "-1024"
     ds.RescaleSlope = "1"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.BurnedInAnnotation = "NO"
+    _image_pixel_module(ds, rows, columns)
     ds.ReferencedStudySequence = Sequence([Dataset()])
     ds.ReferencedStudySequence[0].ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
     ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = generate_uid(
@@ -186,16 +191,8 @@ def write_large_instance(path: Path, *, frames: int, rows: int = 512, columns: i
     study_uid, series_uid = generate_uid(), generate_uid()
     ds = _base_dataset(SecondaryCaptureImageStorage, study_uid, series_uid, generate_uid(), 1, "OT")
     ds.ConversionType = "WSD"
-    ds.BurnedInAnnotation = "NO"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
     ds.NumberOfFrames = frames
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    _image_pixel_module(ds, rows, columns)
     ds.file_meta = _file_meta(ds)
     ds.save_as(path, enforce_file_format=True)
     length = rows * columns * 2 * frames

@@ -228,3 +228,37 @@ def wait_for(predicate: Any, timeout: float = 10, interval: float = 0.05) -> boo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def storescu(
+    dcmtk: dict[str, str],
+    port: int,
+    *paths: Path,
+    host: str = "127.0.0.1",
+    aet: str | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Send files or folders (recursively) with DCMTK's storescu, Nagle off as benchmarks do."""
+    argv = [dcmtk["storescu"], *(["-aet", aet] if aet else []), "-aec", "DICOMGATE", "+sd", "+r"]
+    return subprocess.run(
+        [*argv, host, str(port), *map(str, paths)],
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+def dicomgate_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m dicomgate ARGS`` as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicomgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+        env={**os.environ, **(env or {})},
+    )

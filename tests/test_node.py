@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from pydicom import dcmread
 
 from dicomgate.testing import CT_PHI, write_ct_study
-from tests.helpers import associate, send_files, serve_process, start_node
+from tests.helpers import associate, send_files, serve_process, start_node, storescu
 
 
 def _status(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,22 +30,7 @@ def test_status_reports_studies_and_counts(tmp_path: Path, dcmtk: dict[str, str]
     """After storescu sends a study, ``status --json`` shows one study with every instance."""
     paths = write_ct_study(tmp_path / "study", 25, rows=32, columns=32)
     with serve_process(tmp_path / "data") as node:
-        subprocess.run(
-            [
-                dcmtk["storescu"],
-                "-aec",
-                "DICOMGATE",
-                "+sd",
-                "+r",
-                "127.0.0.1",
-                str(node.port),
-                str(tmp_path / "study"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
+        storescu(dcmtk, node.port, tmp_path / "study")
         live = _status(tmp_path / "data", "--json")  # readable while the node runs
     assert live.returncode == 0, live.stderr
     [study] = json.loads(live.stdout)["studies"]
@@ -122,22 +106,7 @@ def test_logs_carry_no_patient_values(tmp_path: Path, dcmtk: dict[str, str]) -> 
     del ds.SeriesInstanceUID  # a refusal is logged too
     ds.save_as(bad, enforce_file_format=True)
     with serve_process(tmp_path / "data", "--log-level", "debug") as node:
-        subprocess.run(
-            [
-                dcmtk["storescu"],
-                "-aec",
-                "DICOMGATE",
-                "+sd",
-                "+r",
-                "127.0.0.1",
-                str(node.port),
-                str(tmp_path / "study"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-            env={**os.environ, "TCP_NODELAY": "1"},
-        )
+        storescu(dcmtk, node.port, tmp_path / "study")
         assert send_files("127.0.0.1", node.port, [paths[0], bad]) == [0, 0xC001]
     log = node.log_text()
     assert node.events("instance refused") and node.events("duplicate instance, already stored")

@@ -11,9 +11,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +21,7 @@ from pydicom import dcmread
 
 from dicomgate.deid import compile_profile, verify_no_phi
 from dicomgate.testing import CT_PHI, write_ct_study
-from tests.helpers import serve_process, wait_for
+from tests.helpers import dicomgate_cli, serve_process, storescu, wait_for
 from tests.pipeline.webhook import SECRET, Webhook, webhook_server
 from tests.seaweed import SeaweedFS
 
@@ -52,25 +49,6 @@ def node_env(seaweed: SeaweedFS, bucket: str, hook: Webhook, **extra: str) -> di
         "DICOMGATE_NOTIFY_WEBHOOK_SECRET": SECRET,
         **extra,
     }
-
-
-def storescu(dcmtk: dict[str, str], port: int, *paths: Path) -> None:
-    subprocess.run(
-        [
-            dcmtk["storescu"],
-            "-aec",
-            "DICOMGATE",
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            str(port),
-            *map(str, paths),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
 
 
 @pytest.mark.slow
@@ -129,47 +107,18 @@ def test_ct_study_delivered_through_presigned_links(
         other_key = url.replace(links["instances"][0]["key"], links["instances"][1]["key"])
         assert _status_code(other_key) == 403
 
-        short = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dicomgate",
-                "links",
-                note["study_instance_uid"],
-                "--json",
-                "--expires",
-                "1",
-                "--data-dir",
-                str(data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            env={**os.environ, **node_env(seaweed, bucket, hook)},
+        env = node_env(seaweed, bucket, hook)
+        study = note["study_instance_uid"]
+        short = dicomgate_cli(
+            "links", study, "--json", "--expires", "1", "--data-dir", str(data_dir), env=env
         )
         fresh = json.loads(short.stdout)
         time.sleep(2.5)
         assert _status_code(fresh["manifest"]["url"]) == 403
 
         # re-issued links (by the original Study UID too) work
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dicomgate",
-                "links",
-                str(dcmread(paths[0]).StudyInstanceUID),
-                "--json",
-                "--data-dir",
-                str(data_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            env={**os.environ, **node_env(seaweed, bucket, hook)},
-        )
+        original_uid = str(dcmread(paths[0]).StudyInstanceUID)
+        again = dicomgate_cli("links", original_uid, "--json", "--data-dir", str(data_dir), env=env)
         relinked = json.loads(again.stdout)
         assert relinked["manifest_version"] == 1 and len(relinked["instances"]) == 300
         assert _get(relinked["instances"][5]["url"]) == _get(links["instances"][5]["url"])

@@ -17,8 +17,8 @@ import pytest
 from pydicom import dcmread
 
 from dicomgate.testing import make_ct_instance, write_ct_study
-from tests.helpers import serve_process, wait_for
-from tests.pipeline.test_e2e_s3 import node_env, storescu
+from tests.helpers import serve_process, storescu, wait_for
+from tests.pipeline.test_e2e_s3 import node_env
 from tests.pipeline.webhook import webhook_server
 from tests.seaweed import SeaweedFS, run_seaweedfs
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from pynetdicom import AE
 
 from dicomgate.state import InstanceState
 from dicomgate.testing import write_ct_study
-from tests.helpers import NodeHandle, dataset_bytes, send_files
+from tests.helpers import NodeHandle, dataset_bytes, send_files, storescu
 
 # One file per transfer syntax family, from pydicom's bundled test data.
 TEST_FILES = {
@@ -74,24 +72,7 @@ def test_storescu_folder_recorded_with_association_details(
 ) -> None:
     """storescu +sd +r of a folder: every instance gets success and a state row."""
     paths = write_ct_study(tmp_path / "study", 12, rows=64, columns=64)
-    result = subprocess.run(
-        [
-            dcmtk["storescu"],
-            "-aet",
-            "MODALITY1",
-            "-aec",
-            "DICOMGATE",
-            "+sd",
-            "+r",
-            node.host,
-            str(node.port),
-            str(tmp_path / "study"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
+    result = storescu(dcmtk, node.port, tmp_path / "study", host=node.host, aet="MODALITY1")
     assert result.returncode == 0, result.stderr
     assert node.node.state is not None
     records = node.node.state.instances()
