@@ -34,9 +34,11 @@ def worker_init() -> None:
 
     A SIGKILLed node must not leave workers behind holding memory (and the node's stderr):
     on Linux, prctl(PR_SET_PDEATHSIG) has the kernel kill the worker when its parent dies.
-    SIGINT (Ctrl-C reaches the whole process group) is the node's to handle, in order.
     """
+    # SIGINT/SIGTERM reach the whole process group (Ctrl-C, systemd, docker stop): they are
+    # the node's to handle, in order; it shuts the pool down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Receiving comes first: a sender waits on every C-STORE response, while de-identification
     # is background work that can lag a little behind (promise 5 covers the spool).
     os.nice(10)
