@@ -91,7 +91,7 @@ def status(
         report = store.status_report(study)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
-        return
+        sys.exit(1 if study and not report["studies"] else 0)
     studies = report["studies"]
     if not studies:
         click.echo(f"no study {study}" if study else "no studies")

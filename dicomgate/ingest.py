@@ -17,6 +17,7 @@ Order of work for one instance (promise 1 — no acknowledged instance is lost):
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import threading
 import zlib
@@ -36,6 +37,12 @@ __all__ = ["Ingest", "StoreOutcome", "StoreRequest", "sha256_file"]
 log = get_logger(__name__)
 
 _STRIPES = 64
+
+
+def _os_error(exc: BaseException) -> str:
+    """An exception named without its message (messages quote paths, paths quote UIDs)."""
+    errno_name = errno.errorcode.get(getattr(exc, "errno", None) or -1)
+    return f"{type(exc).__name__} {errno_name}" if errno_name else type(exc).__name__
 
 
 def sha256_file(path: Path) -> str:
@@ -91,7 +98,7 @@ class Ingest:
         try:
             size = req.path.stat().st_size
         except OSError as exc:
-            gone = Refusal(Status.PROCESSING_FAILURE, f"received file gone: {exc}")
+            gone = Refusal(Status.PROCESSING_FAILURE, f"received file gone ({_os_error(exc)})")
             return self._refuse(req, gone)
         if (why := self.spool.check_room(size)) is not None:
             return self._refuse(req, Refusal(Status.OUT_OF_RESOURCES, why))
@@ -107,12 +114,15 @@ class Ingest:
         with self._stripe(checked.sop_instance_uid):
             try:
                 return self._store_checked(req, checked, size)
-            except SpoolFullError as exc:
-                return self._refuse(req, Refusal(Status.OUT_OF_RESOURCES, str(exc)))
-            except Exception as exc:
-                log.exception("store failed", instance=self._pseudo.log_id(req.sop_instance_uid))
+            except SpoolFullError:
                 return self._refuse(
-                    req, Refusal(Status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+                    req, Refusal(Status.OUT_OF_RESOURCES, "no space left on the spool filesystem")
+                )
+            except Exception as exc:
+                # No traceback and no message: both can quote the spool path, which is named
+                # after the original SOP Instance UID (promise 2 covers the logs).
+                return self._refuse(
+                    req, Refusal(Status.PROCESSING_FAILURE, f"store failed ({_os_error(exc)})")
                 )
 
     def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:

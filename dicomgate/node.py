@@ -9,6 +9,7 @@ waits for signals.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import signal
@@ -33,6 +34,10 @@ from dicomgate.state import InstanceRecord, StateStore
 __all__ = ["Node", "run_node"]
 
 log = get_logger(__name__)
+
+
+class DataDirInUseError(RuntimeError):
+    """Another dicomgate process holds the data directory."""
 
 
 def _receive_into(directory: str) -> None:
@@ -71,6 +76,7 @@ class Node:
         self.loop_thread: LoopThread | None = None
         self.reconcile_report: ReconcileReport | None = None
         self.metrics = Metrics()
+        self._lock_fd: int | None = None
         self.ops: OpsServer | None = None
 
     def on_stored(self, record: InstanceRecord) -> None:
@@ -84,7 +90,30 @@ class Node:
     def _ingest_busy(self) -> bool:
         return self.scp is not None and self.scp.busy()
 
+    def _lock_data_dir(self) -> None:
+        """One node per data directory: two would pick the same version numbers and rename
+        over each other's acknowledged files."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.settings.data_dir / "dicomgate.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirInUseError(
+                f"{self.settings.data_dir} is in use by another dicomgate process"
+            ) from None
+        self._lock_fd = fd
+
     def start(self) -> tuple[str, int]:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop(timeout=1)  # release what was started (the lock, the loop, the pool)
+            raise
+
+    def _start(self) -> tuple[str, int]:
+        self._lock_data_dir()
         self.spool.prepare()
         self.state = StateStore.open(self.settings.state_path)
         self.reconcile_report = reconcile(self.spool, self.state)
@@ -150,13 +179,18 @@ class Node:
         if self.pipeline is not None and self.loop_thread is not None:
             try:
                 self.loop_thread.run(self.pipeline.stop(timeout), timeout=timeout + 30)
+            except TimeoutError:
+                log.warning("pipeline did not stop in time; unfinished work resumes at start")
             finally:
                 self.loop_thread.stop()
             self.pipeline = None
-        # 3. close the state store
+        # 3. close the state store and let the next node have the data directory
         if self.state is not None:
             self.state.close()
             self.state = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def run_node(settings: Settings) -> int:
@@ -165,8 +199,11 @@ def run_node(settings: Settings) -> int:
     try:
         node = Node(settings)
         node.start()
-    except (OSError, ValueError) as exc:  # e.g. the port is taken, a bad key file
+    except (OSError, ValueError, DataDirInUseError) as exc:  # port taken, bad key, dir locked
         log.error("cannot start", error=str(exc))
+        return 2
+    except Exception as exc:  # anything else: say what, without a traceback full of paths
+        log.error("cannot start", error=type(exc).__name__)
         return 2
 
     stop = threading.Event()

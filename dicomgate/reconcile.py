@@ -32,6 +32,7 @@ class ReconcileReport:
     rows_rebuilt: int = 0
     files_unreadable: list[str] = field(default_factory=list)
     rows_missing_file: int = 0
+    stale_removed: int = 0
     spooled: int = 0
 
     def as_dict(self) -> dict[str, object]:
@@ -40,6 +41,7 @@ class ReconcileReport:
             "rows_rebuilt": self.rows_rebuilt,
             "files_unreadable": len(self.files_unreadable),
             "rows_missing_file": self.rows_missing_file,
+            "stale_removed": self.stale_removed,
             "spooled": self.spooled,
         }
 
@@ -65,10 +67,21 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
         )
         if m is None or header is None or isinstance(header, Refusal):
             # We checked this file before writing it here: it has been damaged since.
-            damaged = spool.root / "damaged"
-            damaged.mkdir(exist_ok=True)
-            path.rename(damaged / path.name)
+            spool.set_aside(path)
             report.files_unreadable.append(path.name)
+            continue
+        known = {r.version: r for r in state.versions(header.sop_instance_uid)}
+        existing = known.get(int(m["version"]))
+        if existing is not None:
+            # A row without a path: the file was purged after delivery but the unlink did not
+            # survive (power loss), or a backup was restored. Delivered: drop the stale copy;
+            # otherwise the row needs its file back.
+            if existing.state in _NEEDS_FILE and existing.id is not None:
+                state.set_spool_path(existing.id, relative)
+                report.rows_rebuilt += 1
+            else:
+                spool.remove(relative)
+                report.stale_removed += 1
             continue
         state.insert_instance(
             InstanceRecord(

@@ -163,12 +163,22 @@ class Spool:
         return f"instances/{name}", size
 
     def remove(self, relative: str) -> None:
+        """Delete a spool file (after delivery); the unlink is made durable like the rename."""
         path = self.root / relative
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
             return
+        fsync_dir(path.parent)
+        self.release(size)
+
+    def set_aside(self, path: Path) -> None:
+        """Move a damaged spool file to ``damaged/`` (out of the spool's accounting)."""
+        damaged = self.root / "damaged"
+        damaged.mkdir(exist_ok=True)
+        size = path.stat().st_size
+        path.rename(damaged / path.name)
         self.release(size)
 
     def leftover_incoming(self) -> list[Path]:

@@ -31,6 +31,9 @@ class InstanceState(StrEnum):
     UPLOADED = "uploaded"
     DELIVERED = "delivered"
     QUARANTINED = "quarantined"
+    #: an older version, replaced by a newer one with the same SOP Instance UID before it was
+    #: uploaded; never listed in a manifest (reported_version 0)
+    SUPERSEDED = "superseded"
 
 
 _SCHEMA_VERSION = 1
@@ -318,6 +321,13 @@ class StateStore:
                 (str(state), reason, time.time(), row_id),
             )
 
+    def set_spool_path(self, row_id: int, relative: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET spool_path = ?, updated_at = ? WHERE id = ?",
+                (relative, time.time(), row_id),
+            )
+
     def clear_spool_path(self, row_id: int) -> None:
         with self.transaction() as c:
             c.execute(
@@ -461,21 +471,65 @@ class StateStore:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def mark_reported(self, study_instance_uid: str, version: int) -> None:
-        """After manifest ``version`` is published: its instances are delivered."""
+    def mark_reported(
+        self, study_instance_uid: str, version: int, row_ids: Collection[int]
+    ) -> None:
+        """After manifest ``version`` is published: the rows it lists are reported (uploaded
+        ones become delivered). Rows that finished while it was being published are not."""
         now = time.time()
         with self.transaction() as c:
-            c.execute(
+            c.executemany(
                 "UPDATE instances SET reported_version = ?, updated_at = ?, "
                 "state = CASE state WHEN 'uploaded' THEN 'delivered' ELSE state END "
-                "WHERE study_instance_uid = ? AND reported_version IS NULL "
-                "AND state IN ('uploaded', 'quarantined', 'delivered')",
-                (version, now, study_instance_uid),
+                "WHERE id = ? AND reported_version IS NULL",
+                [(version, now, row_id) for row_id in row_ids],
             )
             c.execute(
                 "UPDATE studies SET manifest_version = ?, delivered_at = ? "
                 "WHERE study_instance_uid = ?",
                 (version, now, study_instance_uid),
+            )
+
+    def set_study_pseudonym(self, study_instance_uid: str, deid_study_uid: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE studies SET deid_study_uid = coalesce(deid_study_uid, ?) "
+                "WHERE study_instance_uid = ?",
+                (deid_study_uid, study_instance_uid),
+            )
+
+    def unnotified(self) -> list[StudyRecord]:
+        """Studies whose latest manifest version has not been announced yet."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT study_instance_uid FROM studies WHERE notified_version < manifest_version"
+            ).fetchall()
+        return [r for r in (self.study(row[0]) for row in rows) if r is not None]
+
+    def is_superseded(self, rec: InstanceRecord) -> bool:
+        """Whether a newer version of this SOP Instance UID exists."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND version > ? LIMIT 1",
+                (rec.sop_instance_uid, rec.version),
+            ).fetchone()
+        return row is not None
+
+    def supersede(self, row_id: int) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET state = 'superseded', reported_version = 0, "
+                "updated_at = ? WHERE id = ?",
+                (time.time(), row_id),
+            )
+
+    def requeue(self, row_id: int, *, reason: str) -> None:
+        """Send an instance back to be processed again from its raw copy."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE instances SET state = 'received', stage = 'upload', reason = ?, "
+                "updated_at = ? WHERE id = ?",
+                (reason, time.time(), row_id),
             )
 
     def mark_notified(self, study_instance_uid: str, version: int) -> None:
@@ -509,7 +563,8 @@ class StateStore:
         """Delivered instances whose raw spool copy may go."""
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM instances WHERE state = 'delivered' "  # noqa: S608
+                f"SELECT {_COLUMNS} FROM instances "  # noqa: S608
+                "WHERE state IN ('delivered', 'superseded') "
                 "AND spool_path IS NOT NULL AND updated_at <= ?",
                 (delivered_before,),
             ).fetchall()

@@ -173,3 +173,34 @@ def test_serve_flags_exist(flag: str) -> None:
         check=True,
     )
     assert flag in result.stdout
+
+
+def test_reconcile_stale_copy_of_purged_instance(tmp_path: Path) -> None:
+    """A spool file whose row says "purged" (a lost unlink) is removed, not re-inserted."""
+    [path] = write_ct_study(tmp_path / "s", 1, rows=16, columns=16)
+    data = tmp_path / "data"
+    with start_node(data) as n:
+        assert send_files(n.host, n.port, [path]) == [0]
+        assert n.node.state is not None
+        [rec] = n.node.state.instances()
+    stale = data / "spool" / str(rec.spool_path)
+    kept = stale.read_bytes()
+    db = sqlite3.connect(data / "state.sqlite3")
+    db.execute("UPDATE instances SET state = 'delivered', spool_path = NULL")
+    db.commit()
+    db.close()
+    with start_node(data) as n:
+        assert n.node.reconcile_report is not None
+        assert n.node.reconcile_report.stale_removed == 1
+        assert not stale.exists()
+        assert n.node.state is not None and len(n.node.state.instances()) == 1
+    # the same, for an instance still waiting for the pipeline: the file is re-attached
+    stale.write_bytes(kept)
+    db = sqlite3.connect(data / "state.sqlite3")
+    db.execute("UPDATE instances SET state = 'received', spool_path = NULL")
+    db.commit()
+    db.close()
+    with start_node(data) as n:
+        assert n.node.state is not None
+        [again] = n.node.state.instances()
+        assert again.spool_path == rec.spool_path and stale.exists()

@@ -7,17 +7,19 @@ fresh set with the credentials at hand.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from urllib.parse import urlsplit
 
 from dicomgate.config import Settings
+from dicomgate.delivery.destination import Destination
 from dicomgate.delivery.factory import file_url_path, open_destination
 from dicomgate.delivery.layout import manifest_key
 from dicomgate.delivery.links import LinkSet, make_link_set
 from dicomgate.delivery.manifest import Manifest
 from dicomgate.state import StateStore
 
-__all__ = ["StudyNotDeliveredError", "reissue_links"]
+__all__ = ["StudyNotDeliveredError", "load_manifest", "reissue_links"]
 
 
 class StudyNotDeliveredError(LookupError):
@@ -31,6 +33,12 @@ def _fetch(url: str) -> bytes:
         return bytes(response.read())
 
 
+async def load_manifest(destination: Destination, deid_study_uid: str, version: int) -> Manifest:
+    """Read manifest ``version`` of a study back from the destination (through a short link)."""
+    url = await destination.link(manifest_key(deid_study_uid, version), 300)
+    return Manifest.from_json(await asyncio.to_thread(_fetch, url))
+
+
 async def reissue_links(
     settings: Settings, state: StateStore, study: str, *, expires_in: int | None = None
 ) -> LinkSet:
@@ -42,10 +50,7 @@ async def reissue_links(
         raise StudyNotDeliveredError(f"study {study} has not been delivered yet")
     destination = open_destination(settings.destination_url, settings)
     try:
-        url = await destination.link(
-            manifest_key(record.deid_study_uid, record.manifest_version), 300
-        )
-        manifest = Manifest.from_json(_fetch(url))
+        manifest = await load_manifest(destination, record.deid_study_uid, record.manifest_version)
         return await make_link_set(destination, manifest, expires_in or settings.link_expiry)
     finally:
         await destination.aclose()

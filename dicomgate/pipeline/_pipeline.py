@@ -15,53 +15,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import UTC, datetime
 from pathlib import Path
 
-from dicomgate import __version__
 from dicomgate._logging import get_logger
-from dicomgate.config import DeidOption, Settings
+from dicomgate.config import Settings
 from dicomgate.deid import DeidConfig
 from dicomgate.delivery import (
-    DeidInfo,
     DeliveryError,
     Destination,
-    Manifest,
-    ManifestInstance,
-    Notification,
     Notifier,
-    QuarantinedInstance,
     RetryableDeliveryError,
     instance_key,
-    make_link_set,
-    notify_all,
-    publish_manifest,
 )
 from dicomgate.ops.metrics import Metrics
+from dicomgate.pipeline._publisher import StudyPublisher
 from dicomgate.pipeline._retry import backoff
 from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance, worker_init
-from dicomgate.pipeline.tracker import is_complete
 from dicomgate.pipeline.validate import AcceptRules
 from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool
-from dicomgate.state import InstanceRecord, InstanceState, StateStore, StudyProgress
+from dicomgate.state import InstanceRecord, InstanceState, StateStore
 
 __all__ = ["Pipeline"]
 
 log = get_logger(__name__)
 
 _MAX_WORKER_CRASHES = 3
-_NOTIFY_ATTEMPTS = 5
 _UPLOAD_TURN = 5.0  # seconds: while receiving, uploads wait one turn, then run one turn
-
-
-def _dt(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 class Pipeline:
@@ -109,7 +95,15 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._crashes: dict[int, int] = {}
-        self._publish_backoff: dict[str, tuple[int, float]] = {}
+        self._key_locks: dict[str, asyncio.Lock] = {}
+        self.publisher = StudyPublisher(
+            settings,
+            state=state,
+            destination=destination,
+            notifiers=notifiers,
+            pseudonymizer=pseudonymizer,
+            metrics=metrics,
+        )
         self._busy_since: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -118,16 +112,20 @@ class Pipeline:
         for leftover in self.staging.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
         self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
-        spawn = asyncio.get_running_loop().create_task
-        self._tasks = [spawn(self._feed(), name="feed")]
+
+        def spawn(name: str, step: Callable[[], Awaitable[None]], **kw: bool) -> asyncio.Task[None]:
+            return asyncio.get_running_loop().create_task(self._loop(name, step, **kw), name=name)
+
+        self._tasks = [spawn("feed", self._feed_once, until_stopping=True)]
         self._tasks += [
-            spawn(self._processor(i), name=f"process-{i}") for i in range(self._workers)
+            spawn(f"process-{i}", functools.partial(self._process_once, i))
+            for i in range(self._workers)
         ]
         self._tasks += [
-            spawn(self._uploader(i), name=f"upload-{i}")
+            spawn(f"upload-{i}", self._upload_once)
             for i in range(self.settings.delivery_concurrency)
         ]
-        self._tasks.append(spawn(self._track(), name="track"))
+        self._tasks.append(spawn("track", self._track_once))
         log.info(
             "pipeline started",
             workers=self._workers,
@@ -151,32 +149,67 @@ class Pipeline:
         # 3. cancel the tasks; unfinished instances stay 'received'/'processed' and resume
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        # 4. release the workers and the destination's connections
+        _, stuck = await asyncio.wait(self._tasks, timeout=10)
+        if stuck:
+            log.warning("pipeline tasks did not stop", tasks=[t.get_name() for t in stuck])
+        await self.publisher.close()
+        # 4. release the workers (disposable: nothing of theirs is needed) and the destination
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        await self.destination.aclose()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(self.destination.aclose(), timeout=10)
+        except TimeoutError:
+            log.warning("destination did not close in time")
         log.info("pipeline stopped", unfinished=len(self._carrying))
 
+    async def _loop(
+        self, name: str, step: Callable[[], Awaitable[None]], *, until_stopping: bool = False
+    ) -> None:
+        """Run ``step`` forever; an unexpected error is logged and retried, never fatal.
+
+        A task that died silently would stall the pipeline (a study that never completes), so
+        every loop goes through here. Only the exception's type is logged: messages can quote
+        spool paths, which carry original UIDs.
+        """
+        failures = 0
+        while not (until_stopping and self._stopping):
+            try:
+                await step()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                delay = backoff(failures, cap=30.0)
+                log.error(
+                    "pipeline step failed, will retry",
+                    task=name,
+                    error=type(exc).__name__,
+                    in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+
     # -- feeding ----------------------------------------------------------------------------------
-    async def _feed(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            rows = self.state.work_to_do(limit=64, exclude=self._carrying)
-            for rec in rows:
-                if self._stopping:
-                    return
-                assert rec.id is not None
-                self._carrying.add(rec.id)
-                if rec.state == InstanceState.PROCESSED and self._staged_ok(rec):
-                    await self._upload_q.put(rec)
-                else:
-                    await self._process_q.put(rec)
-            if not rows or len(rows) < 64:
-                if self._ingest_busy():
-                    await asyncio.sleep(0.1)  # many wakes while receiving: poll less often
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+    async def _feed_once(self) -> None:
+        self._wake.clear()
+        rows = self.state.work_to_do(limit=64, exclude=self._carrying)
+        for rec in rows:
+            if self._stopping:
+                return
+            assert rec.id is not None
+            self._carrying.add(rec.id)
+            if rec.state == InstanceState.PROCESSED and self._staged_ok(rec):
+                await self._upload_q.put(rec)
+            else:
+                await self._process_q.put(rec)
+        if len(rows) < 64:
+            if self._ingest_busy():
+                await asyncio.sleep(0.1)  # many wakes while receiving: poll less often
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
+            # arrives as the event is set (stop() does both)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     def _staging_path(self, rec: InstanceRecord) -> Path:
         return self.staging / f"{rec.id}.dcm"
@@ -203,6 +236,15 @@ class Pipeline:
         self._crashes.pop(rec.id, None)
         self._wake.set()
 
+    def _superseded(self, rec: InstanceRecord) -> bool:
+        """An older version with a newer one behind it is not delivered (the newest wins)."""
+        if not self.state.is_superseded(rec):
+            return False
+        assert rec.id is not None
+        self.state.supersede(rec.id)
+        self._staging_path(rec).unlink(missing_ok=True)
+        return True
+
     # -- validate → de-identify → verify (worker processes) ----------------------------------------
     async def _yield_to_ingest(self, index: int, allowed_while_busy: int) -> None:
         """Receiving comes first (promise 1 is paid in C-STORE latency): while associations
@@ -225,52 +267,61 @@ class Pipeline:
             self._busy_since = now
         return int((now - self._busy_since) // _UPLOAD_TURN) % 2 == 0
 
-    async def _processor(self, index: int) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._yield_to_ingest(index, 1)
-            rec = await self._process_q.get()
-            assert rec.id is not None and self._pool is not None
-            if rec.spool_path is None:
-                self._quarantine(rec.id, stage="spool", reason="raw copy missing")
+    async def _process_once(self, index: int) -> None:
+        await self._yield_to_ingest(index, 1)
+        rec = await self._process_q.get()
+        handed_on = False
+        try:
+            handed_on = await self._process(rec)
+        finally:
+            if not handed_on:
                 self._done(rec)
-                continue
-            order = WorkOrder(
-                row_id=rec.id,
-                raw_path=str(self.spool.path_of(rec.spool_path)),
-                staging_path=str(self._staging_path(rec)),
-                deid=self._deid,
-                rules=self._rules,
-            )
-            try:
-                result = await loop.run_in_executor(self._pool, process_instance, order)
-            except BrokenProcessPool:
-                self._worker_crashed(rec)
-                continue
-            except Exception as exc:  # a bug in a stage: keep the instance, say why
-                log.exception("processing failed", row=rec.id)
-                self._quarantine(rec.id, stage="process", reason=type(exc).__name__)
-                self._done(rec)
-                continue
-            await self._record(rec, result)
 
-    def _worker_crashed(self, rec: InstanceRecord) -> None:
-        """A worker died (killed, out of memory): rebuild the pool; retry, then quarantine."""
+    async def _process(self, rec: InstanceRecord) -> bool:
+        """Process one instance; True if it went on to the upload queue."""
+        assert rec.id is not None
+        if self._superseded(rec):
+            return False
+        if rec.spool_path is None:
+            self._quarantine(rec.id, stage="spool", reason="raw copy missing")
+            return False
+        pool = self._pool
+        assert pool is not None
+        order = WorkOrder(
+            row_id=rec.id,
+            raw_path=str(self.spool.path_of(rec.spool_path)),
+            staging_path=str(self._staging_path(rec)),
+            deid=self._deid,
+            rules=self._rules,
+        )
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(pool, process_instance, order)
+        except BrokenProcessPool:
+            return self._worker_crashed(rec, pool)
+        except Exception as exc:  # a bug in a stage: keep the instance, say why
+            log.error("processing failed", row=rec.id, error=type(exc).__name__)
+            self._quarantine(rec.id, stage="process", reason=type(exc).__name__)
+            return False
+        return await self._record(rec, result)
+
+    def _worker_crashed(self, rec: InstanceRecord, pool: ProcessPoolExecutor) -> bool:
+        """A worker died (killed, out of memory): rebuild the pool once; retry, then quarantine.
+
+        Every job running in the broken pool fails with it; only the first to notice rebuilds,
+        and each instance may be retried up to ``_MAX_WORKER_CRASHES`` times.
+        """
         assert rec.id is not None
         crashes = self._crashes.get(rec.id, 0) + 1
         self._crashes[rec.id] = crashes
         log.error("worker process died", row=rec.id, crashes=crashes)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
+        if self._pool is pool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
         if crashes >= _MAX_WORKER_CRASHES:
             self._quarantine(rec.id, stage="process", reason=f"worker process died {crashes} times")
-            self._done(rec)
-        else:
-            self._carrying.discard(rec.id)  # the feeder hands it out again
-            self._wake.set()
+        return False  # either way the feeder (or nobody) hands it out again
 
-    async def _record(self, rec: InstanceRecord, result: WorkResult) -> None:
+    async def _record(self, rec: InstanceRecord, result: WorkResult) -> bool:
         assert rec.id is not None
         if result.quarantined:
             if result.raw_sha256:
@@ -284,8 +335,7 @@ class Pipeline:
                 stage=result.stage,
                 reason=result.reason,
             )
-            self._done(rec)
-            return
+            return False
         self.state.record_processed(
             rec.id,
             rec.study_instance_uid,
@@ -303,22 +353,29 @@ class Pipeline:
         updated = self.state.get(rec.id)
         assert updated is not None
         await self._upload_q.put(updated)
+        return True
 
     # -- upload ---------------------------------------------------------------------------------
-    async def _uploader(self, index: int) -> None:
-        while True:
-            rec = await self._upload_q.get()
+    async def _upload_once(self) -> None:
+        rec = await self._upload_q.get()
+        try:
             while self._uploads_deferred():
                 await asyncio.sleep(0.05)
-            try:
-                await self._upload(rec)
-            finally:
-                self._done(rec)
+            assert rec.deid_study_uid and rec.deid_series_uid and rec.deid_sop_uid
+            key = instance_key(rec.deid_study_uid, rec.deid_series_uid, rec.deid_sop_uid)
+            # Versions of one instance share a key: one upload at a time per key, and an
+            # older version that lost the race to a newer one is not uploaded at all.
+            lock = self._key_locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                if not self._superseded(rec):
+                    await self._upload(rec, key)
+            if not lock.locked():
+                self._key_locks.pop(key, None)
+        finally:
+            self._done(rec)
 
-    async def _upload(self, rec: InstanceRecord) -> None:
+    async def _upload(self, rec: InstanceRecord, key: str) -> None:
         assert rec.id is not None
-        assert rec.deid_study_uid and rec.deid_series_uid and rec.deid_sop_uid
-        key = instance_key(rec.deid_study_uid, rec.deid_series_uid, rec.deid_sop_uid)
         path = self._staging_path(rec)
         started = time.monotonic()
         attempt = 0
@@ -330,10 +387,12 @@ class Pipeline:
                 attempt += 1
                 if self._metrics is not None:
                     self._metrics.upload_retries.inc()
-                self.state.record_retry(rec.id, stage="upload", reason=str(exc)[:200])
-                if time.monotonic() - started >= self.settings.retry_for or self._stopping:
-                    if self._stopping:
-                        return  # stays 'processed'; resumes at the next start
+                self.state.record_retry(
+                    rec.id, stage="upload", reason=f"{exc.code or type(exc).__name__}: will retry"
+                )
+                if self._stopping:
+                    return  # stays 'processed'; resumes at the next start
+                if time.monotonic() - started >= self.settings.retry_for:
                     self._quarantine(
                         rec.id,
                         stage="upload",
@@ -341,9 +400,22 @@ class Pipeline:
                     )
                     return
                 delay = backoff(attempt, cap=min(60.0, self.settings.retry_for))
-                log.warning("upload failed, will retry", row=rec.id, attempt=attempt, in_s=delay)
+                log.warning(
+                    "upload failed, will retry",
+                    row=rec.id,
+                    code=exc.code,
+                    attempt=attempt,
+                    in_s=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
             except DeliveryError as exc:
+                if exc.code == "BadDigest":
+                    # the staged file does not match what the worker wrote (torn by a power
+                    # loss): make it again from the raw copy
+                    path.unlink(missing_ok=True)
+                    self.state.requeue(rec.id, reason="staged file damaged, redone")
+                    log.warning("staged file damaged, processing again", row=rec.id)
+                    return
                 self._quarantine(rec.id, stage="upload", reason=f"{exc.code}: refused")
                 log.error("upload refused", row=rec.id, code=exc.code)
                 return
@@ -351,121 +423,11 @@ class Pipeline:
         self._count("uploaded")
         path.unlink(missing_ok=True)
 
-    # -- study completion ----------------------------------------------------------------------
-    async def _track(self) -> None:
-        while True:
-            await asyncio.sleep(min(0.25, max(0.05, self.settings.stable_after / 4)))
-            now = time.time()
-            in_flight = set(self._in_flight_studies())
-            for study in self.state.studies_to_report():
-                if not is_complete(
-                    study, now=now, stable_after=self.settings.stable_after, in_flight=in_flight
-                ):
-                    continue
-                not_before = self._publish_backoff.get(study.study_instance_uid, (0, 0.0))[1]
-                if time.monotonic() < not_before:
-                    continue
-                try:
-                    await self._publish(study)
-                    self._publish_backoff.pop(study.study_instance_uid, None)
-                except DeliveryError as exc:
-                    n = self._publish_backoff.get(study.study_instance_uid, (0, 0.0))[0] + 1
-                    delay = backoff(n, cap=60.0)
-                    self._publish_backoff[study.study_instance_uid] = (n, time.monotonic() + delay)
-                    log.warning("manifest not published, will retry", error=str(exc), in_s=delay)
-            self._purge()
-
-    def _pseudo_uid(self, uid: str) -> str:
-        if DeidOption.RETAIN_UIDS in self.settings.deid_options:
-            return uid
-        return self._pz.uid(uid)
-
-    def _deid_info(self) -> DeidInfo:
-        return DeidInfo(
-            options=[str(o) for o in self.settings.deid_options],
-            table_version="PS3.15 2026c",
-            site_keep=list(self.settings.deid_keep),
-            site_remove=list(self.settings.deid_remove),
-            site_replace=sorted(self.settings.deid_replace),
-            software=f"dicomgate {__version__}",
-        )
-
-    def build_manifest(self, study: StudyProgress, version: int) -> Manifest:
-        deid_study = study.deid_study_uid or self._pseudo_uid(study.study_instance_uid)
-        delivered, held = [], []
-        for r in self.state.manifest_rows(study.study_instance_uid):
-            if r.state in (InstanceState.UPLOADED, InstanceState.DELIVERED):
-                assert r.deid_series_uid and r.deid_sop_uid and r.deid_sha256
-                assert r.deid_size is not None and r.object_key
-                delivered.append(
-                    ManifestInstance(
-                        sop_instance_uid=r.deid_sop_uid,
-                        series_instance_uid=r.deid_series_uid,
-                        sop_class_uid=r.sop_class_uid,
-                        transfer_syntax_uid=r.transfer_syntax_uid,
-                        modality=r.modality,
-                        series_number=r.series_number,
-                        instance_number=r.instance_number,
-                        size=r.deid_size,
-                        sha256=r.deid_sha256,
-                        key=r.object_key,
-                    )
-                )
-            elif r.state == InstanceState.QUARANTINED:
-                held.append(
-                    QuarantinedInstance(
-                        sop_instance_uid=r.deid_sop_uid or self._pseudo_uid(r.sop_instance_uid),
-                        series_instance_uid=r.deid_series_uid
-                        or self._pseudo_uid(r.series_instance_uid),
-                        sop_class_uid=r.sop_class_uid,
-                        stage=r.stage or "pipeline",
-                        reason=r.reason or "",
-                    )
-                )
-        return Manifest.build(
-            study_instance_uid=deid_study,
-            manifest_version=version,
-            instances=delivered,
-            quarantined=held,
-            deidentification=self._deid_info(),
-            created_at=datetime.now(UTC),
-            first_received_at=_dt(study.first_received_at),
-            last_received_at=_dt(study.last_received_at),
-            node=self.settings.ae_title,
-            destination=self.destination.url,
-        )
-
-    async def _publish(self, study: StudyProgress) -> None:
-        version = study.manifest_version + 1
-        manifest = self.build_manifest(study, version)
-        await publish_manifest(self.destination, manifest)
-        self.state.mark_reported(study.study_instance_uid, version)
-        if self._metrics is not None:
-            self._metrics.studies_delivered.inc()
-        links = await make_link_set(self.destination, manifest, self.settings.link_expiry)
-        notification = Notification.for_manifest(manifest, self.destination.url, links)
-        pending = list(self.notifiers)
-        for attempt in range(1, _NOTIFY_ATTEMPTS + 1):
-            results = await notify_all(pending, notification)
-            pending = [n for n in pending if results[n.name] is not None]
-            retryable = [n for n in pending if getattr(results[n.name], "retryable", False)]
-            if not retryable:
-                break
-            pending = retryable
-            await asyncio.sleep(backoff(attempt, cap=10.0))
-        if pending:
-            log.error(
-                "notification failed", manifest_version=version, failed=[n.name for n in pending]
-            )
-        else:
-            self.state.mark_notified(study.study_instance_uid, version)
-        log.info(
-            "study delivered",
-            study=manifest.study_instance_uid,
-            manifest_version=version,
-            instances=manifest.counts.instances,
-            quarantined=manifest.counts.quarantined,
-        )
+    # -- study completion and clean-up -----------------------------------------------------------
+    async def _track_once(self) -> None:
+        await asyncio.sleep(min(0.25, max(0.05, self.settings.stable_after / 4)))
+        self.publisher.tick(set(self._in_flight_studies()))
+        self._purge()
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 __all__ = ["AcceptRules", "InstanceMetadata"]
@@ -36,6 +37,17 @@ def _int_or_none(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _modality(value: Any) -> str | None:
+    """Modality is CS, VM 1 (PS3.3 C.7.3.1): take the first value of a malformed multi-value
+    and drop anything that is not a short printable code, rather than fail later."""
+    if value is None:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0] if len(value) else None
+    text = str(value or "").strip()
+    return text if 0 < len(text) <= 16 and text.isprintable() and text.isascii() else None
 
 
 class InstanceMetadata(BaseModel):
@@ -61,7 +73,7 @@ class InstanceMetadata(BaseModel):
             study_instance_uid=str(ds.get("StudyInstanceUID", "")),
             series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
             transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
-            modality=(str(ds.get("Modality", "")).strip() or None),
+            modality=_modality(ds.get("Modality")),
             series_number=_int_or_none(ds.get("SeriesNumber")),
             instance_number=_int_or_none(ds.get("InstanceNumber")),
         )

@@ -1,0 +1,241 @@
+"""Study completion: manifests, links and notifications (DESIGN 4-5).
+
+Each complete study is published by its own task, so a slow webhook never holds up another
+study. The order makes delivery at-least-once without losing anything:
+
+1. build manifest N from the newest version of every instance of the study;
+2. upload the index, ``manifest-vN.json`` and ``manifest.json`` (overwrites: safe to repeat);
+3. mark exactly the rows listed as reported (an instance finishing meanwhile waits for N+1);
+4. sign links and notify; only when that succeeded is N recorded as notified.
+
+A crash between 3 and 4 leaves ``notified_version < manifest_version``; the tracker finds such
+studies (at start-up too) and announces them, reading manifest N back from the destination.
+Every notification carries ``id = <study>/v<N>`` so a receiver can drop a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomgate import __version__
+from dicomgate._logging import get_logger
+from dicomgate.config import DeidOption, Settings
+from dicomgate.delivery import (
+    DeidInfo,
+    Destination,
+    Manifest,
+    ManifestInstance,
+    Notification,
+    Notifier,
+    QuarantinedInstance,
+    make_link_set,
+    notify_all,
+    publish_manifest,
+)
+from dicomgate.delivery.reissue import load_manifest
+from dicomgate.ops.metrics import Metrics
+from dicomgate.pipeline._retry import backoff
+from dicomgate.pipeline.tracker import is_complete
+from dicomgate.pseudonym import Pseudonymizer
+from dicomgate.state import InstanceState, StateStore, StudyProgress, StudyRecord
+
+__all__ = ["StudyPublisher"]
+
+log = get_logger(__name__)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+
+
+class StudyPublisher:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        state: StateStore,
+        destination: Destination,
+        notifiers: Sequence[Notifier],
+        pseudonymizer: Pseudonymizer,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.destination = destination
+        self.notifiers = list(notifiers)
+        self._pz = pseudonymizer
+        self._metrics = metrics
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._not_before: dict[str, tuple[int, float]] = {}
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def tick(self, in_flight: Collection[str]) -> None:
+        """Start a task for every study that is complete or owes a notification."""
+        now = time.time()
+        for study in self.state.studies_to_report():
+            uid = study.study_instance_uid
+            if is_complete(
+                study, now=now, stable_after=self.settings.stable_after, in_flight=in_flight
+            ):
+                self._spawn(uid, self._publish(study))
+        for record in self.state.unnotified():
+            self._spawn(record.study_instance_uid, self._announce(record))
+
+    def _spawn(self, uid: str, work: Coroutine[Any, Any, None]) -> None:
+        running = self._tasks.get(uid)
+        if (running is not None and not running.done()) or time.monotonic() < self._not_before.get(
+            uid, (0, 0.0)
+        )[1]:
+            work.close()
+            return
+        self._tasks[uid] = asyncio.get_running_loop().create_task(
+            self._guarded(uid, work), name=f"publish-{uid[-12:]}"
+        )
+
+    async def _guarded(self, uid: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+            self._not_before.pop(uid, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # retried by a later tick, with backoff
+            n = self._not_before.get(uid, (0, 0.0))[0] + 1
+            delay = backoff(n, cap=60.0)
+            self._not_before[uid] = (n, time.monotonic() + delay)
+            # type and code only: exception texts may quote paths named after original UIDs
+            log.warning(
+                "study publication failed, will retry",
+                error=type(exc).__name__,
+                code=getattr(exc, "code", None),
+                attempt=n,
+                in_s=round(delay, 2),
+            )
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks.values(), timeout=10)
+
+    # -- manifests -------------------------------------------------------------------------------
+    def _pseudo_uid(self, uid: str) -> str:
+        if DeidOption.RETAIN_UIDS in self.settings.deid_options:
+            return uid
+        return self._pz.uid(uid)
+
+    def _deid_info(self) -> DeidInfo:
+        return DeidInfo(
+            options=[str(o) for o in self.settings.deid_options],
+            table_version="PS3.15 2026c",
+            site_keep=list(self.settings.deid_keep),
+            site_remove=list(self.settings.deid_remove),
+            site_replace=sorted(self.settings.deid_replace),
+            software=f"dicomgate {__version__}",
+        )
+
+    def build_manifest(self, study: StudyProgress, version: int) -> tuple[Manifest, list[int]]:
+        """Manifest ``version`` of ``study`` and the ids of the rows it reports."""
+        deid_study = study.deid_study_uid or self._pseudo_uid(study.study_instance_uid)
+        delivered, held, row_ids = [], [], []
+        for r in self.state.manifest_rows(study.study_instance_uid):
+            assert r.id is not None
+            if r.state in (InstanceState.UPLOADED, InstanceState.DELIVERED):
+                assert r.deid_series_uid and r.deid_sop_uid and r.deid_sha256
+                assert r.deid_size is not None and r.object_key
+                delivered.append(
+                    ManifestInstance(
+                        sop_instance_uid=r.deid_sop_uid,
+                        series_instance_uid=r.deid_series_uid,
+                        sop_class_uid=r.sop_class_uid,
+                        transfer_syntax_uid=r.transfer_syntax_uid,
+                        modality=r.modality,
+                        series_number=r.series_number,
+                        instance_number=r.instance_number,
+                        size=r.deid_size,
+                        sha256=r.deid_sha256,
+                        key=r.object_key,
+                    )
+                )
+            elif r.state == InstanceState.QUARANTINED:
+                held.append(
+                    QuarantinedInstance(
+                        sop_instance_uid=r.deid_sop_uid or self._pseudo_uid(r.sop_instance_uid),
+                        series_instance_uid=r.deid_series_uid
+                        or self._pseudo_uid(r.series_instance_uid),
+                        sop_class_uid=r.sop_class_uid,
+                        stage=r.stage or "pipeline",
+                        reason=r.reason or "",
+                    )
+                )
+            else:
+                continue  # still on its way: it belongs to the next version
+            row_ids.append(r.id)
+        manifest = Manifest.build(
+            study_instance_uid=deid_study,
+            manifest_version=version,
+            instances=delivered,
+            quarantined=held,
+            deidentification=self._deid_info(),
+            created_at=datetime.now(UTC),
+            first_received_at=_dt(study.first_received_at),
+            last_received_at=_dt(study.last_received_at),
+            node=self.settings.ae_title,
+            destination=self.destination.url,
+        )
+        return manifest, row_ids
+
+    async def _publish(self, study: StudyProgress) -> None:
+        version = study.manifest_version + 1
+        manifest, row_ids = self.build_manifest(study, version)
+        await publish_manifest(self.destination, manifest)
+        self.state.set_study_pseudonym(study.study_instance_uid, manifest.study_instance_uid)
+        self.state.mark_reported(study.study_instance_uid, version, row_ids)
+        if self._metrics is not None:
+            self._metrics.studies_delivered.inc()
+        log.info(
+            "study delivered",
+            study=manifest.study_instance_uid,
+            manifest_version=version,
+            instances=manifest.counts.instances,
+            quarantined=manifest.counts.quarantined,
+        )
+        await self._notify(study.study_instance_uid, manifest)
+
+    async def _announce(self, record: StudyRecord) -> None:
+        """Notify for a manifest published earlier (a crash or failure came in between)."""
+        assert record.deid_study_uid is not None
+        manifest = await load_manifest(
+            self.destination, record.deid_study_uid, record.manifest_version
+        )
+        await self._notify(record.study_instance_uid, manifest)
+
+    async def _notify(self, study_instance_uid: str, manifest: Manifest) -> None:
+        """Links + every notifier; retryable failures are retried for ``retry_for``."""
+        version = manifest.manifest_version
+        links = await make_link_set(self.destination, manifest, self.settings.link_expiry)
+        notification = Notification.for_manifest(manifest, self.destination.url, links)
+        pending = list(self.notifiers)
+        started, attempt = time.monotonic(), 0
+        while pending:
+            results = await notify_all(pending, notification)
+            failed = {n.name: e for n in pending if (e := results[n.name]) is not None}
+            permanent = [name for name, e in failed.items() if not e.retryable]
+            if permanent:
+                log.error("notification refused", manifest_version=version, notifiers=permanent)
+            pending = [n for n in pending if n.name in failed and failed[n.name].retryable]
+            if not pending:
+                break
+            attempt += 1
+            if time.monotonic() - started >= self.settings.retry_for:
+                log.error(
+                    "notification abandoned after retry_for",
+                    manifest_version=version,
+                    notifiers=[n.name for n in pending],
+                )
+                break
+            await asyncio.sleep(backoff(attempt, cap=60.0))
+        self.state.mark_notified(study_instance_uid, version)
