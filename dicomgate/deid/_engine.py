@@ -10,13 +10,16 @@ Meta Information that agrees with the new SOP Instance UID (PS3.10 7.1).
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from pydicom import config
 from pydicom._uid_dict import UID_dictionary  # PS3.6 Annex A registry (behind UID.name)
-from pydicom.datadict import dictionary_has_tag, dictionary_keyword, get_entry
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword, dictionary_VR, get_entry
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -108,6 +111,88 @@ def no_row_code(tag: int, vr: str, value: Any, profile: Profile, clean: bool) ->
     return "X"
 
 
+# -- raw elements written as read ------------------------------------------------------------
+# A kept element is left undecoded in the output only when pydicom's writer would write exactly
+# the bytes read if it decoded and re-encoded it (checked per value below); anything else is
+# decoded, as before.  The output then says it is encoded as the input was
+# (``set_original_encoding``), so the writer copies those bytes instead of decoding them.
+_INT_WIDTH = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "UV": 8, "SV": 8, "AT": 4}
+_FLOAT_FORMAT = {"FL": "f", "FD": "d"}
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
+# Default-repertoire strings: decoded as (value.rstrip(" \0")).split("\\") and written joined
+# and padded with one space to even length.
+_PLAIN_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
+_TEXT_MAX_LENGTH: dict[str, int | None] = {"LO": 64, "SH": 16, "UC": None}
+_PRINTABLE_ASCII = re.compile(rb"[\x20-\x7e]*\Z")
+_DS_VALUE = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_IS_VALUE = re.compile(rb"[+-]?\d{1,10}\Z")
+
+
+def _writes_as_read(raw: RawDataElement, little_endian: bool) -> bool:
+    """True when decoding ``raw`` and writing it again gives back exactly its bytes."""
+    value = raw.value
+    if not isinstance(value, bytes) or raw.length == 0xFFFFFFFF:
+        return False
+    vr = raw.VR or ""
+    if vr in _BINARY_VRS:
+        return not len(value) % 2
+    width = _INT_WIDTH.get(vr)
+    if width is not None:
+        return not len(value) % width
+    fmt = _FLOAT_FORMAT.get(vr)
+    if fmt is not None:  # a signalling NaN would come back quiet: compare
+        if len(value) % struct.calcsize(fmt):
+            return False
+        fmt = ("<" if little_endian else ">") + str(len(value) // struct.calcsize(fmt)) + fmt
+        return struct.pack(fmt, *struct.unpack(fmt, value)) == value
+    if vr in _PLAIN_STRING_VRS:
+        if config.datetime_conversion and vr in ("DA", "DT", "TM"):
+            return False
+        stripped = value.rstrip(b" \x00")
+        return value == (stripped + b" " if len(stripped) % 2 else stripped)
+    if vr in _TEXT_MAX_LENGTH:
+        # Decoded with the character set, each value's trailing padding stripped; written
+        # joined, padded to even length.  Printable ASCII reads the same in every character
+        # set DICOM allows, and within the length limit no validation mode objects to it.
+        if not _PRINTABLE_ASCII.match(value):
+            return False
+        values = value.split(b"\\")
+        written = b"\\".join(v.rstrip(b" ") for v in values)
+        if value != (written + b" " if len(written) % 2 else written):
+            return False
+        limit = _TEXT_MAX_LENGTH[vr]
+        return limit is None or all(len(v) <= limit for v in values)
+    if vr in ("DS", "IS"):
+        if config.use_DS_numpy or config.use_IS_numpy or config.use_DS_decimal:
+            return False
+        stripped = value.rstrip(b" ")
+        if value != (stripped + b" " if len(stripped) % 2 else stripped):
+            return False
+        if vr == "DS":  # valid as the standard says, so no validation mode rejects it
+            return all(len(v) <= 16 and _DS_VALUE.match(v) for v in stripped.split(b"\\"))
+        return all(_IS_VALUE.match(v) and -(2**31) <= int(v) < 2**31 for v in stripped.split(b"\\"))
+    return False
+
+
+@functools.cache
+def _keyword(tag: int) -> str:
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+
+
+# Per compiled profile: (tag, VR, clean) -> value-free action of a raw element (see
+# _Walker._value_free_code).  Keyed by id(); the profile is kept alive beside its cache.
+_RAW_CODES: dict[int, tuple[Profile, dict[tuple[int, str, bool], str]]] = {}
+
+
+def _raw_codes_for(profile: Profile) -> dict[tuple[int, str, bool], str]:
+    entry = _RAW_CODES.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        if len(_RAW_CODES) > 64:
+            _RAW_CODES.clear()
+        entry = _RAW_CODES[id(profile)] = (profile, {})
+    return entry[1]
+
+
 @dataclass
 class DeidResult:
     """What :func:`deidentify` produced: a new dataset, or a quarantine reason."""
@@ -149,6 +234,7 @@ class _Walker:
         self.actions: Counter[str] = Counter()
         self._uids: dict[str, str] = {}
         self._scrubber: Scrubber | None = None
+        self._raw_codes = _raw_codes_for(profile)
 
     # -- values ------------------------------------------------------------------------------
     def uid(self, value: str) -> str:
@@ -205,30 +291,53 @@ class _Walker:
     # -- the walk ----------------------------------------------------------------------------
     def walk(self, src: Dataset, *, top: bool, clean: bool) -> Dataset:
         out = Dataset()
+        out_dict = out._dict
         creators: dict[tuple[int, int], DataElement] = {}
         kept_blocks: set[tuple[int, int]] = set()
         overrides = self.profile.overrides
-        for src_tag in list(src.keys()):
+        raw_codes = self._raw_codes
+        actions = self.actions
+        # Raw elements are kept undecoded only in a dataset read with explicit VR (the VR read
+        # is the VR written) and holding no element whose VR is still ambiguous.
+        implicit, little = src.original_encoding
+        raw_ok = implicit is False and little is not None
+        # ``_dict`` in the dataset's order, as ``keys()`` gives it; the keys are the same
+        # BaseTag objects ``Dataset.__setitem__`` would store.
+        for src_tag, raw in list(src._dict.items()):
             tag = int(src_tag)
             group, element = tag >> 16, tag & 0xFFFF
             if element == 0 or group == 2:
                 # Group lengths are retired (PS3.5 7.2) and recomputed by writers; File Meta
                 # elements do not belong in the body and the File Meta is rebuilt anyway.
                 continue
-            raw = src.get_item(tag)
             if (
                 isinstance(raw, RawDataElement)
                 and raw.VR not in _NEEDS_VALUE
                 and not group & 1
                 and tag not in overrides
-                and self._code(tag, raw.VR, None, clean) == "K"
             ):
-                # Kept as read: no decoding here, and the writer copies the bytes (PS3.15
-                # "K"); Pixel Data in particular is never decoded or copied.
-                out[tag] = raw
-                self.actions["K"] += 1
-                continue
-            elem = src[tag]
+                # The action depends on (tag, VR, clean) only here (no UI, no override), so it
+                # is decided once per profile and the value is not decoded to decide it.
+                vr = cast(str, raw.VR)  # not None: None is in _NEEDS_VALUE
+                code = raw_codes.get((tag, vr, clean))
+                if code is None:
+                    code = raw_codes[(tag, vr, clean)] = self._value_free_code(tag, vr, clean)
+                if code == "K":
+                    # Kept as read: no decoding here, and the writer copies the bytes (PS3.15
+                    # "K"); Pixel Data in particular is never decoded or copied.  A public,
+                    # non-sequence raw element: what ``out[tag] = raw`` stores.
+                    if raw_ok and not _writes_as_read(raw, bool(little)):
+                        raw_ok = False  # the writer must decode this dataset, as it did
+                    out_dict[src_tag] = raw
+                    actions["K"] += 1
+                    continue
+                if code == "X":
+                    actions["X"] += 1  # removed: its value is never needed
+                    continue
+                if code == "Z" or code == "D":  # emptied or dummied: nor is it here
+                    out[tag] = self._replaced(code, tag, vr)
+                    continue
+            elem = src[tag] if isinstance(raw, RawDataElement) else raw  # decoded once
             if group & 1:
                 if 0x10 <= element <= 0xFF:
                     creators[(group, element)] = elem
@@ -244,6 +353,11 @@ class _Walker:
         for key in kept_blocks:
             if key in creators:
                 out[creators[key].tag] = creators[key]
+        if raw_ok and not any(" or " in (e.VR or " or ") for e in out_dict.values()):
+            # Every raw element left in ``out`` is written back byte for byte (see
+            # _writes_as_read), so the writer may copy them instead of decoding them; it still
+            # decodes everything when the transfer syntax or character set differ.
+            out.set_original_encoding(implicit, little, src.original_character_set)
         return out
 
     def _private(self, elem: DataElement, src: Dataset, clean: bool) -> DataElement | None:
@@ -263,6 +377,16 @@ class _Walker:
                     return elem
         self.actions["P"] += 1
         return None
+
+    def _value_free_code(self, tag: int, vr: str, clean: bool) -> str:
+        """The action for a public, non-overridden, non-UI element, resolved as far as it
+        can be without the value: K, X, or "" (decide on the decoded element)."""
+        code = self._code(tag, vr, None, clean)
+        if code in ("K", "X", "Z", "D"):  # (no UI here: D would need the UIDs)
+            return code
+        if code in ("X/Z", "X/D", "X/Z/D") and _keyword(tag) not in _iod.REQUIRED:
+            return "X"  # _iod.resolve: not required by any IOD listed -> X, empty or not
+        return ""
 
     def _code(self, tag: int, vr: str, value: Any, clean: bool) -> str:
         code = self.profile.rules.get(tag)
@@ -293,8 +417,7 @@ class _Walker:
 
     def _apply(self, code: str, elem: DataElement, *, top: bool, clean: bool) -> DataElement | None:
         if "/" in code:
-            keyword = dictionary_keyword(int(elem.tag)) if dictionary_has_tag(elem.tag) else ""
-            code = _iod.resolve(code, keyword, _is_empty(elem.value), self.root)
+            code = _iod.resolve(code, _keyword(int(elem.tag)), _is_empty(elem.value), self.root)
         self.actions[code] += 1
         tag, vr = int(elem.tag), elem.VR
         if code == "X":
@@ -323,6 +446,17 @@ class _Walker:
         if code == "C":
             return self._clean(elem)
         raise ValueError(f"unknown action {code!r} for {elem.tag}")
+
+    def _replaced(self, code: str, tag: int, vr: str) -> DataElement:
+        """What :meth:`_apply` gives for Z or D on a public non-UI, non-SQ element, from
+        its tag and VR alone."""
+        self.actions[code] += 1
+        if tag in (_PATIENT_ID, _PATIENT_NAME):
+            value = self.patient.patient_id if tag == _PATIENT_ID else self.patient.patient_name
+            return DataElement(tag, vr, value)
+        if code == "Z":
+            return DataElement(tag, vr, None)
+        return DataElement(tag, vr, dummy_value(vr.split(" or ")[0]))
 
     def _uid_element(self, elem: DataElement) -> DataElement:
         value = elem.value
@@ -369,18 +503,32 @@ def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:
 
     Source Application Entity Title and private meta information are not carried over.
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = out.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     old = getattr(src, "file_meta", None)
     ts = old.get("TransferSyntaxUID") if old is not None else None
     if ts is None:
         implicit = bool(src.original_encoding[0])
         ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    meta.TransferSyntaxUID = ts
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta = FileMetaDataset()
+    # What ``meta.<keyword> = value`` does on a new dataset, without the keyword lookups.
+    for tag, value in (
+        (0x00020002, out.SOPClassUID),  # Media Storage SOP Class UID
+        (0x00020003, out.SOPInstanceUID),  # Media Storage SOP Instance UID
+        (0x00020010, ts),  # Transfer Syntax UID
+        (0x00020012, PYDICOM_IMPLEMENTATION_UID),  # Implementation Class UID
+        (0x00020013, IMPLEMENTATION_VERSION_NAME),  # Implementation Version Name
+    ):
+        meta[tag] = DataElement(tag, dictionary_VR(tag), value)
     return meta
+
+
+def _ts_encoding(ds: Dataset) -> tuple[bool, bool] | None:
+    """(implicit VR, little endian) the writer will use for ``ds``: its Transfer Syntax's."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        return (bool(ts.is_implicit_VR), bool(ts.is_little_endian)) if ts is not None else None
+    except (AttributeError, ValueError):  # not a transfer syntax pydicom knows
+        return None
 
 
 def deidentify(ds: Dataset, profile: Profile, pseudonymizer: Pseudonymizer) -> DeidResult:
@@ -401,4 +549,8 @@ def deidentify(ds: Dataset, profile: Profile, pseudonymizer: Pseudonymizer) -> D
     record_method(out, profile)
     if "SOPClassUID" in out and "SOPInstanceUID" in out:
         out.file_meta = _file_meta(ds, out)
+    if out.original_encoding != _ts_encoding(out):
+        # Written in another encoding than read: the writer decodes and re-encodes every
+        # element, as for any new dataset.
+        out.set_original_encoding(None, None)
     return DeidResult(dataset=out, actions=walker.actions)

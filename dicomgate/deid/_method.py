@@ -8,6 +8,10 @@ copy of PS3.16 (``pydicom.sr.codedict``), not from hand-typed values.
 
 from __future__ import annotations
 
+import functools
+
+from pydicom.datadict import dictionary_keyword, dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
@@ -41,28 +45,47 @@ _KEYWORDS: dict[DeidOption | None, str] = {
 
 def option_codes(profile: Profile) -> list[tuple[str, str, str]]:
     """``(code value, scheme, meaning)`` for the profile and each enabled option, by code."""
+    return list(_option_codes(profile.options))
+
+
+@functools.cache
+def _option_codes(options: frozenset[DeidOption]) -> tuple[tuple[str, str, str], ...]:
     out = []
     for option, keyword in _KEYWORDS.items():
-        if option is None or option in profile.options:
+        if option is None or option in options:
             code = getattr(codes.DCM, keyword)
             out.append((str(code.value), str(code.scheme_designator), str(code.meaning)))
-    return sorted(out)
+    return tuple(sorted(out))
+
+
+_PATIENT_IDENTITY_REMOVED = 0x00120062
+_DEIDENTIFICATION_METHOD = 0x00120063
+_LONGITUDINAL_MODIFIED = 0x00280303
+_CODE_VALUE, _CODING_SCHEME_DESIGNATOR, _CODE_MEANING = 0x00080100, 0x00080102, 0x00080104
+
+
+def _put(ds: Dataset, tag: int, value: str) -> None:
+    """``ds.<keyword> = value`` without the keyword lookups (same element, same VR)."""
+    if tag in ds._dict:
+        setattr(ds, dictionary_keyword(tag), value)  # updates the element already there
+    else:
+        ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def record_method(ds: Dataset, profile: Profile) -> None:
     """Add the de-identification record to the top level of ``ds``."""
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = METHOD_TEXT
+    _put(ds, _PATIENT_IDENTITY_REMOVED, "YES")
+    _put(ds, _DEIDENTIFICATION_METHOD, METHOD_TEXT)
     items = []
-    for value, scheme, meaning in option_codes(profile):
+    for value, scheme, meaning in _option_codes(profile.options):
         item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = scheme
-        item.CodeMeaning = meaning
+        _put(item, _CODE_VALUE, value)
+        _put(item, _CODING_SCHEME_DESIGNATOR, scheme)
+        _put(item, _CODE_MEANING, meaning)
         items.append(item)
     ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = {
-        "keep": "UNMODIFIED",
-        "shift": "MODIFIED",
-        "remove": "REMOVED",
-    }[profile.date_mode]
+    _put(
+        ds,
+        _LONGITUDINAL_MODIFIED,
+        {"keep": "UNMODIFIED", "shift": "MODIFIED", "remove": "REMOVED"}[profile.date_mode],
+    )

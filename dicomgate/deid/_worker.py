@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from dicomgate.deid._engine import deidentify
 from dicomgate.deid._profile import DEFAULT_SUSPECT_MODALITIES, Profile, compile_profile
@@ -121,9 +123,7 @@ def _run(ds: Dataset, source: str, config: DeidConfig) -> tuple[FileResult, byte
     if getattr(out, "file_meta", None) is None:
         error = "no SOP Class/Instance UID: not a storable instance"
         return FileResult(source=source, error=error), None
-    buf = io.BytesIO()
-    out.save_as(buf, enforce_file_format=True)
-    data = buf.getvalue()
+    data = _encode(out)
     return (
         FileResult(
             source=source,
@@ -134,6 +134,51 @@ def _run(ds: Dataset, source: str, config: DeidConfig) -> tuple[FileResult, byte
         ),
         data,
     )
+
+
+def _encode(ds: Dataset) -> bytes:
+    """``ds.save_as(buffer, enforce_file_format=True)``, the bytes written.
+
+    For what :func:`deidentify` produces (a File Meta Information of its own, a standard
+    transfer syntax, no preamble) this runs the same steps as pydicom's ``dcmwrite`` except
+    the deep copy of the File Meta Information (a shallow copy takes the elements it adds);
+    anything else goes through ``save_as`` itself.
+    """
+    meta = ds.file_meta
+    ts = meta.get("TransferSyntaxUID")
+    if (
+        ts is None
+        or ts.is_private
+        or not ts.is_transfer_syntax
+        or ts.is_deflated
+        or getattr(ds, "preamble", None) is not None
+        or ds.original_encoding[1] not in (None, ts.is_little_endian)
+        or any(tag >> 16 in (0, 2) for tag in ds._dict)
+    ):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    file_meta = FileMetaDataset(meta)
+    ds_class = ds.get("SOPClassUID", None)
+    if "MediaStorageSOPClassUID" not in file_meta or (
+        ds_class and ds_class != file_meta.MediaStorageSOPClassUID
+    ):
+        file_meta.MediaStorageSOPClassUID = ds_class
+    ds_instance = ds.get("SOPInstanceUID", None)
+    if "MediaStorageSOPInstanceUID" not in file_meta or (
+        ds_instance and ds_instance != file_meta.MediaStorageSOPInstanceUID
+    ):
+        file_meta.MediaStorageSOPInstanceUID = ds_instance
+    validate_file_meta(file_meta, enforce_standard=True)
+    if "PixelData" in ds:
+        ds["PixelData"].is_undefined_length = ts.is_compressed
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+    fp.write(b"\x00" * 128)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, file_meta, enforce_standard=True)
+    write_dataset(fp, ds)
+    return fp.getvalue()
 
 
 def _read(source: Path | bytes) -> Dataset:

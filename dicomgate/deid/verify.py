@@ -32,12 +32,14 @@ import csv
 import functools
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
+from pydicom import config
 from pydicom._uid_dict import UID_dictionary  # PS3.6 Annex A registry (behind UID.name)
+from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -64,6 +66,8 @@ _KIND_UIDS = frozenset(
 _RAW_OK = frozenset(
     {"FD", "FL", "SL", "SS", "SV", "UL", "US", "UV", "AT", "OB", "OD", "OF", "OL", "OV", "OW"}
 )  # fmt: skip
+# VRs that yield needles whatever the row says (names, dates, UIDs).
+_ALWAYS_NEEDLE_VRS = frozenset({"PN", "DA", "DT", "UI"})
 _BULK_PIXELS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "DA", "DT", "TM"}
 _BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"}
@@ -113,8 +117,23 @@ def _rows() -> dict[int, dict[str, str]]:
     return rows
 
 
+_SURVIVE_CACHE: dict[int, tuple[Profile, dict[int, bool]]] = {}
+
+
 def _may_survive(tag: int, profile: Profile) -> bool:
     """True when the profile lets this attribute's value (or a cleaned form of it) remain."""
+    entry = _SURVIVE_CACHE.get(id(profile))
+    if entry is None or entry[0] is not profile:
+        if len(_SURVIVE_CACHE) > 64:
+            _SURVIVE_CACHE.clear()
+        entry = _SURVIVE_CACHE[id(profile)] = (profile, {})
+    known = entry[1].get(tag)
+    if known is None:
+        known = entry[1][tag] = _may_survive_uncached(tag, profile)
+    return known
+
+
+def _may_survive_uncached(tag: int, profile: Profile) -> bool:
     if profile.overrides.get(tag) == "K":
         return True
     row = _rows().get(tag)
@@ -157,21 +176,79 @@ class _Path:
         return f"{self.parent}.{name}" if self.parent else name
 
 
-def _walk(ds: Dataset, path: str = "") -> Iterator[tuple[_Path, DataElement]]:
+class _Text:
+    """A raw element of a default-repertoire string VR, read as text without decoding it
+    (what ``_strings`` gives for the decoded value: its values, stripped, non-empty)."""
+
+    __slots__ = ("VR", "tag", "value")
+
+    def __init__(self, raw: RawDataElement) -> None:
+        self.tag, self.VR = raw.tag, raw.VR
+        text = cast(bytes, raw.value).decode(default_encoding)
+        if raw.VR in _CHARSET_TEXT_VRS:  # each value's trailing padding is stripped
+            values = [v.rstrip("\x00 ").strip() for v in text.split("\\")]
+        else:  # the whole value's trailing padding is stripped
+            values = [v.strip() for v in text.rstrip(" \x00").split("\\")]
+        self.value = [v for v in values if v]
+
+    @staticmethod
+    def reads(raw: RawDataElement, text_vrs: frozenset[str]) -> bool:
+        """True when ``_Text`` reads ``raw`` as pydicom decodes it."""
+        value = raw.value
+        if raw.VR not in text_vrs or not isinstance(value, bytes):
+            return False
+        # Character-set text: ASCII without escapes decodes alike in every DICOM character set.
+        return raw.VR not in _CHARSET_TEXT_VRS or (value.isascii() and b"\x1b" not in value)
+
+
+# Multi-valued text VRs decoded with the Specific Character Set (PS3.5 6.1.2.3).
+_CHARSET_TEXT_VRS = frozenset({"LO", "SH", "UC"})
+
+
+def _text_vrs() -> frozenset[str]:
+    """VRs whose raw values ``_Text`` reads exactly as pydicom decodes them (under the
+    current pydicom configuration): split at backslashes, padding stripped."""
+    vrs = {"AS", "CS", *_CHARSET_TEXT_VRS}
+    if not config.datetime_conversion:
+        vrs |= {"DA", "DT", "TM"}
+    if not (config.use_DS_numpy or config.use_IS_numpy or config.use_DS_decimal):
+        vrs |= {"DS", "IS"}  # str() of a decoded DS/IS is the string read, stripped
+    return frozenset(vrs)
+
+
+def _walk(
+    ds: Dataset,
+    path: str = "",
+    skip_raw: Callable[[int, str], bool] | None = None,
+    text_vrs: frozenset[str] = frozenset(),
+) -> Iterator[tuple[_Path, DataElement | _Text]]:
     """Every element at every depth.  Raw numeric and binary elements are yielded undecoded
-    (their value is the bytes as read, which is what gets searched); the rest are decoded."""
-    for key in list(ds.keys()):
-        raw = ds.get_item(key)
-        if isinstance(raw, RawDataElement) and raw.VR in _RAW_OK:
-            elem = DataElement(raw.tag, "OB", raw.value)
+    (their value is the bytes as read, which is what gets searched); raw elements of
+    ``text_vrs`` are read as text (:class:`_Text`); the rest are decoded.
+
+    ``skip_raw(tag, VR)``, for undecoded elements whose VR is known (not UN, not implicit):
+    True leaves the element out without decoding it (the caller knows it cannot matter)."""
+    elem: DataElement | _Text
+    for key, raw in list(ds._dict.items()):
+        if isinstance(raw, RawDataElement):
+            vr = raw.VR
+            if vr in _RAW_OK:
+                elem = DataElement(raw.tag, "OB", raw.value)
+            elif _Text.reads(raw, text_vrs):
+                elem = _Text(raw)
+            # Implicit VR (None) and UN are decoded first: the decoded VR may differ.
+            elif vr is not None and vr != "UN" and skip_raw is not None and skip_raw(int(key), vr):
+                continue
+            else:
+                elem = ds[key]
         else:
-            elem = ds[key]
+            elem = raw  # already decoded: what ds[key] returns
         where = _Path(path, int(key))
         yield where, elem
         if elem.VR == "SQ" and elem.value is not None:
             here = str(where)
             for i, item in enumerate(elem.value):
-                yield from _walk(item, f"{here}[{i}]")
+                yield from _walk(item, f"{here}[{i}]", skip_raw, text_vrs)
 
 
 def _strings(value: Any) -> list[str]:
@@ -225,7 +302,18 @@ def _collect_all(original: Dataset, profile: Profile) -> _Needles:
     rows = _rows()
     keep_dates = profile.date_mode == "keep"
     needles = _Needles({}, {}, {}, [])
-    for path, elem in _walk(original):
+
+    def cannot_matter(tag: int, vr: str) -> bool:
+        # Mirrors the branches below: only names, dates, UIDs, and text of a removed public
+        # attribute in the table give needles (and in-place checks); bulk data is skipped.
+        # Sequences are always walked into, whatever their own row says.
+        if vr == "SQ" or vr in _ALWAYS_NEEDLE_VRS:
+            return False
+        if vr in _BYTES_VRS or tag in profile.overrides:
+            return True
+        return bool(tag >> 16 & 1) or tag not in rows or _may_survive(tag, profile)
+
+    for path, elem in _walk(original, skip_raw=cannot_matter, text_vrs=_text_vrs()):
         tag, vr = int(elem.tag), elem.VR
         if vr == "SQ" or vr in _BYTES_VRS or tag in profile.overrides:
             continue
@@ -288,8 +376,9 @@ def _haystacks(
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         sources.append(("file_meta", meta))
+    text_vrs = _text_vrs()
     for prefix, source in sources:
-        for path, elem in _walk(source, prefix):
+        for path, elem in _walk(source, prefix, text_vrs=text_vrs):
             tag, vr, value = int(elem.tag), elem.VR, elem.value
             if vr == "SQ" or value is None:
                 continue
@@ -329,7 +418,12 @@ def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) ->
             seen.add(key)
             findings.append(Finding(*key))
 
+    # Each search first looks in all haystacks of a kind joined (a superset of the per-item
+    # matches), and only on a hit goes item by item, in the same order as before.
     all_text = "\n".join(t for _, t in texts)
+    uids_lower = [(path, text.lower()) for path, text in uids]
+    all_uids_lower = "\n".join(t for _, t in uids_lower)
+    all_blobs = b"\n".join(b for _, b in blobs)
     for needle, (kind, source) in needles.whole.items():
         if len(needle) < _MIN_WHOLE and kind != "date":
             continue
@@ -337,13 +431,20 @@ def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) ->
             for path, text in texts:
                 if needle in text:
                     add(kind, source, path)
-        for path, text in uids:
-            if needle in text.lower() and kind != "date":
-                add(kind, source, path)
+        if kind != "date" and needle in all_uids_lower:
+            # A number (a time, an ID of digits) leaks through a UID only as a whole
+            # component: inside the long integer of a 2.25 pseudonym it is chance (a 6-digit
+            # time turns up in about 1 of 3,000 new UIDs).
+            digits = needle.replace(".", "").isdigit()
+            component = re.compile(rf"(?<![0-9]){re.escape(needle)}(?![0-9])") if digits else None
+            for path, text in uids_lower:
+                if component.search(text) if component else needle in text:
+                    add(kind, source, path)
         forms = _bytes_forms(needle)
-        for path, blob in blobs:
-            if any(f in blob for f in forms):
-                add(kind, source, path)
+        if any(f in all_blobs for f in forms):
+            for path, blob in blobs:
+                if any(f in blob for f in forms):
+                    add(kind, source, path)
     if needles.parts:
         words = re.compile(
             "|".join(rf"(?<!\w){re.escape(p)}(?!\w)" for p in needles.parts), re.IGNORECASE
@@ -361,18 +462,21 @@ def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) ->
         for path, blob in blobs:
             for mb in words_b.finditer(blob):
                 add("name", needles.parts[mb[0].decode("utf-8", "replace").lower()][1], path)
+    all_uids = "\n".join(uid for _, uid in uids)
     for needle, (kind, source) in needles.uids.items():
-        for path, uid in uids:
-            if uid == needle or uid.startswith(needle + "."):
-                add(kind, source, path)
+        if needle in all_uids:
+            for path, uid in uids:
+                if uid == needle or uid.startswith(needle + "."):
+                    add(kind, source, path)
         if needle.lower() in all_text:
             for path, text in texts:
                 if needle.lower() in text:
                     add(kind, source, path)
         encoded = needle.encode("ascii", "replace")
-        for path, blob in blobs:
-            if encoded in blob:
-                add(kind, source, path)
+        if encoded in all_blobs:
+            for path, blob in blobs:
+                if encoded in blob:
+                    add(kind, source, path)
     for tag, values, source in needles.in_place:
         if tag in deidentified:
             now = _strings(deidentified[tag].value)

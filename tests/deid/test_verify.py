@@ -110,3 +110,21 @@ def test_retained_values_are_not_findings() -> None:
     original, out = _pair(prof)
     assert out.InstitutionName == CT_PHI["InstitutionName"]
     assert verify_no_phi(original, out, prof) == []
+
+
+def test_digits_inside_a_pseudonym_uid_are_chance_not_a_leak() -> None:
+    """A time's digits inside a 2.25 integer are not a finding; as a UID component they are."""
+    from pydicom.uid import generate_uid
+
+    from dicomgate.deid import compile_profile, deidentify, verify_no_phi
+    from dicomgate.pseudonym import Pseudonymizer
+    from dicomgate.testing import make_ct_instance
+
+    profile = compile_profile([])
+    original = make_ct_instance(generate_uid(), generate_uid(), 1, rows=4, columns=4)
+    out = deidentify(original, profile, Pseudonymizer(b"x" * 32)).dataset
+    assert out is not None
+    out.SOPInstanceUID = "2.25.1234" + original.StudyTime + "987654321"
+    assert verify_no_phi(original, out, profile) == []
+    out.SOPInstanceUID = "1.2.3." + original.StudyTime + ".4"
+    assert [f.location for f in verify_no_phi(original, out, profile)] == ["SOPInstanceUID"]
