@@ -30,19 +30,12 @@ from dicomgate.delivery.destination import (
 )
 from dicomgate.delivery.errors import DeliveryError, PermanentDeliveryError, classify_os_error
 from dicomgate.delivery.layout import validate_key
+from dicomgate.spool import fsync_dir
 
 __all__ = ["FileDestination"]
 
 _T = TypeVar("_T")
 _CHUNK = 1024 * 1024
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_atomic(target: Path, fill: Callable[[BinaryIO], None]) -> None:
@@ -60,10 +53,10 @@ def _write_atomic(target: Path, fill: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     # A new directory's own entry lives in its parent: make those durable too.
     for directory in created:
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
 
 
 def _makedirs(directory: Path) -> list[Path]:
@@ -186,7 +179,7 @@ class FileDestination:
         def remove() -> None:
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
 
         await self._run(f"delete {self.url}/{key}", remove)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 from pathlib import Path
 
@@ -114,3 +115,16 @@ def test_accept_rules_quarantine_at_validate(tmp_path: Path) -> None:
         [rec] = n.node.state.instances()
     assert rec.state == "quarantined" and rec.stage == "validate"
     assert rec.reason == "modality CT is not accepted"
+
+
+def test_raw_copies_kept_for_the_configured_retention(tmp_path: Path) -> None:
+    """With keep_raw_for set, delivered instances keep their raw spool copy (and row path)."""
+    paths = write_ct_study(tmp_path / "study", 2, rows=16, columns=16)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    with start_node(tmp_path / "data", pipeline=True, stable_after=0.2, keep_raw_for=3600) as n:
+        assert send_files(n.host, n.port, paths) == [0, 0]
+        assert wait_for(lambda: _manifest_version(n, uid) == 1, timeout=30)
+        time.sleep(0.6)  # a few tracker rounds, each of which purges what is due
+        assert len(n.spool_files) == 2
+        assert n.node.state is not None
+        assert all(r.spool_path for r in n.node.state.instances())
