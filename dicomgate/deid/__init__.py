@@ -11,6 +11,7 @@ Public API (stable; the pipeline calls these):
   the output must not leave the node.
 * :func:`deidentify_file` / :func:`deidentify_bytes` with a picklable :class:`DeidConfig` — for
   a process pool: read, de-identify, verify, write; returns a small :class:`FileResult`.
+* :func:`encode_dataset` — a de-identified dataset as DICOM File Format bytes (fast path).
 * :class:`PatientPseudonyms` / :func:`patient_key` — the per-patient pseudonyms and date offset.
 """
 
@@ -18,6 +19,7 @@ from dicomgate.deid._engine import DeidResult, deidentify, no_row_code
 from dicomgate.deid._patient import PatientPseudonyms, patient_key
 from dicomgate.deid._profile import Profile, compile_profile, profile_from_settings
 from dicomgate.deid._worker import DeidConfig, FileResult, deidentify_bytes, deidentify_file
+from dicomgate.deid._worker import _encode as encode_dataset
 from dicomgate.deid.verify import Finding, verify_no_phi
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "deidentify",
     "deidentify_bytes",
     "deidentify_file",
+    "encode_dataset",
     "no_row_code",
     "patient_key",
     "profile_from_settings",

@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomgate.deid import DeidConfig, deidentify, verify_no_phi
+from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 
 __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_IN_MEMORY_WRITE = 32 * 1024 * 1024
 
 
 def worker_init() -> None:
@@ -94,14 +94,27 @@ class _Job:
     ds: Dataset | None = None
     meta: InstanceMetadata | None = None
     out: Dataset | None = None
-    encoded: bytes = b""
-    notes: dict[str, str] = field(default_factory=dict)
+    raw_sha256: str | None = None
+    raw_size: int = 0
+    out_sha256: str | None = None
+    out_size: int = 0
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
 
 
 def _read(job: _Job) -> _Job:
-    job.raw = Path(job.order.raw_path).read_bytes()
+    # Hash by streaming and parse from the file: the raw bytes are never held twice.
+    path = Path(job.order.raw_path)
+    job.raw_sha256, job.raw_size = _sha256_file(path)
     try:
-        job.ds = dcmread(io.BytesIO(job.raw))
+        job.ds = dcmread(path)
     except Exception as exc:
         raise Quarantine("validate", f"dataset cannot be read: {type(exc).__name__}") from None
     return job
@@ -141,12 +154,17 @@ def _verify(job: _Job) -> _Job:
 
 def _write(job: _Job) -> _Job:
     assert job.out is not None
-    buf = io.BytesIO()
-    job.out.save_as(buf, enforce_file_format=True)
-    job.encoded = buf.getvalue()
     target = Path(job.order.staging_path)
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(job.encoded)
+    if job.raw_size <= _IN_MEMORY_WRITE:
+        data = encode_dataset(job.out)  # the fast path, for the usual few-MB instance
+        tmp.write_bytes(data)
+        job.out_sha256, job.out_size = hashlib.sha256(data).hexdigest(), len(data)
+    else:
+        # Large (multi-frame) instances are written straight to the file: the worker holds
+        # the pixel data once, not three times.
+        job.out.save_as(tmp, enforce_file_format=True)
+        job.out_sha256, job.out_size = _sha256_file(tmp)
     # Staging is a cache: lost or torn files are detected by size and redone from the spool.
     tmp.replace(target)
     return job
@@ -164,7 +182,7 @@ def process_instance(order: WorkOrder) -> WorkResult:
     except Quarantine as q:
         return WorkResult(
             row_id=order.row_id,
-            raw_sha256=hashlib.sha256(job.raw).hexdigest() if job.raw else None,
+            raw_sha256=job.raw_sha256,
             stage=q.stage,
             reason=q.reason,
             modality=job.meta.modality if job.meta else None,
@@ -173,12 +191,12 @@ def process_instance(order: WorkOrder) -> WorkResult:
     out = job.out
     return WorkResult(
         row_id=order.row_id,
-        raw_sha256=hashlib.sha256(job.raw).hexdigest(),
+        raw_sha256=job.raw_sha256,
         deid_study_uid=str(out.StudyInstanceUID),
         deid_series_uid=str(out.SeriesInstanceUID),
         deid_sop_uid=str(out.SOPInstanceUID),
-        deid_size=len(job.encoded),
-        deid_sha256=hashlib.sha256(job.encoded).hexdigest(),
+        deid_size=job.out_size,
+        deid_sha256=job.out_sha256,
         modality=job.meta.modality,
         series_number=job.meta.series_number,
         instance_number=job.meta.instance_number,
