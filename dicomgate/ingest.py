@@ -126,24 +126,22 @@ class Ingest:
                 )
 
     def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:
-        versions = self.state.versions(uids.sop_instance_uid)
+        # Compared with the newest version only: the sender's latest content is what gets
+        # delivered, so A, then B, then A again makes A the newest (version 3).
+        newest = self.state.latest_version(uids.sop_instance_uid)
         new_sha: str | None = None
-        for old in versions:
-            if old.size != size:
-                continue
-            old_sha = old.sha256 or self._backfill_sha(old)
-            if old_sha is None:
-                continue
-            new_sha = new_sha or sha256_file(req.path)
-            if new_sha == old_sha:
+        if newest is not None and newest.size == size:
+            old_sha = newest.sha256 or self._backfill_sha(newest)
+            new_sha = sha256_file(req.path) if old_sha is not None else None
+            if old_sha is not None and new_sha == old_sha:
                 log.info(
                     "duplicate instance, already stored",
                     instance=self._pseudo.log_id(uids.sop_instance_uid),
-                    version=old.version,
+                    version=newest.version,
                 )
-                return StoreOutcome(Status.SUCCESS, record=old, duplicate=True)
+                return StoreOutcome(Status.SUCCESS, record=newest, duplicate=True)
 
-        version = versions[-1].version + 1 if versions else 1
+        version = newest.version + 1 if newest is not None else 1
         relative, size = self.spool.admit(req.path, uids.sop_instance_uid, version)
         record = InstanceRecord(
             sop_instance_uid=uids.sop_instance_uid,

@@ -115,3 +115,17 @@ def test_different_bytes_same_uid_kept_as_new_version(node: NodeHandle, tmp_path
     assert dataset_bytes(node.data_dir / "spool" / str(versions[1].spool_path)) == dataset_bytes(
         second
     )
+
+
+def test_resending_an_earlier_content_makes_it_newest(node: NodeHandle, tmp_path: Path) -> None:
+    """A, then B, then A again under one SOP Instance UID: A is stored again as version 3."""
+    [a] = write_ct_study(tmp_path / "a", 1, rows=32, columns=32)
+    ds = dcmread(a)
+    ds.ImageComments = "B"
+    b = tmp_path / "b.dcm"
+    ds.save_as(b, enforce_file_format=True)
+    assert send_files(node.host, node.port, [a, b, a, a]) == [0, 0, 0, 0]
+    assert node.node.state is not None
+    versions = node.node.state.versions(str(ds.SOPInstanceUID))
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert dataset_bytes(node.data_dir / "spool" / str(versions[2].spool_path)) == dataset_bytes(a)
