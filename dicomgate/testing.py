@@ -7,10 +7,11 @@ multi-frame instances streamed to disk without holding the pixel data in memory.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -115,7 +116,7 @@ def make_ct_instance(
     rows: int = 512,
     columns: int = 512,
     sop_instance_uid: str | None = None,
-    pixels: np.ndarray | None = None,
+    pixels: bytes | None = None,
 ) -> Dataset:
     """One CT Image Storage instance, Explicit VR Little Endian, full of (fictional) PHI."""
     ds = _base_dataset(
@@ -140,11 +141,7 @@ def make_ct_instance(
     ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = generate_uid(
         entropy_srcs=[study_uid, "study-component"]
     )
-    if pixels is None:
-        pixels = (
-            np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns) + number
-        ) & 0x0FFF
-    ds.PixelData = pixels.tobytes()
+    ds.PixelData = pixels if pixels is not None else _frame(rows, columns, offset=number)
     ds.file_meta = _file_meta(ds)
     return ds
 
@@ -161,7 +158,7 @@ def write_ct_study(
     directory.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
-    base = (np.arange(rows * columns, dtype=np.uint16).reshape(rows, columns)) & 0x0FFF
+    base = _frame(rows, columns)
     paths = []
     for i in range(1, count + 1):
         ds = make_ct_instance(study_uid, series_uid, i, rows=rows, columns=columns, pixels=base)
@@ -176,8 +173,16 @@ def write_tiny_study(directory: Path, count: int) -> list[Path]:
     return write_ct_study(directory, count, rows=64, columns=96)
 
 
+def _frame(rows: int, columns: int, offset: int = 0) -> bytes:
+    """A 12-bit ramp, little endian 16-bit words (no numpy: the package does not need it)."""
+    words = array("H", ((i + offset) & 0x0FFF for i in range(rows * columns)))
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words.tobytes()
+
+
 def _frames(rows: int, columns: int, frames: int) -> Iterator[bytes]:
-    frame = (np.arange(rows * columns, dtype=np.uint16) & 0x0FFF).tobytes()
+    frame = _frame(rows, columns)
     for _ in range(frames):
         yield frame
 
