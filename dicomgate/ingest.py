@@ -157,7 +157,13 @@ class Ingest:
             peer_address=req.peer_address,
             association_id=req.association_id,
         )
-        row_id = self.state.insert_instance(record)
+        try:
+            row_id = self.state.insert_instance(record)
+        except BaseException:
+            # Durable but unrecorded and about to be refused: take it out of the spool, or a
+            # restart would adopt (and deliver) an instance the sender was told failed.
+            self.spool.remove(relative)
+            raise
         stored = dataclasses.replace(record, id=row_id)
         if version > 1:
             log.warning(
@@ -187,6 +193,6 @@ class Ingest:
             instance=self._pseudo.log_id(req.sop_instance_uid),
         )
         # Nothing half-written stays behind: pynetdicom deletes its temporary file after the
-        # handler returns, but remove it now so the spool's usage is right at once.
+        # handler returns, but a refused dataset goes now.
         req.path.unlink(missing_ok=True)
         return StoreOutcome(refusal.status, refusal.reason)

@@ -25,7 +25,7 @@ from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.ingest import Ingest
 from dicomgate.ops import Metrics, OpsServer
 from dicomgate.pipeline import LoopThread, Pipeline
-from dicomgate.pseudonym import Pseudonymizer, load_or_create_key
+from dicomgate.pseudonym import Pseudonymizer, key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.spool import Spool
@@ -58,11 +58,7 @@ class Node:
 
     def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
         self.settings = settings
-        self.key = load_or_create_key(
-            key=settings.secret_key.get_secret_value() if settings.secret_key else None,
-            key_file=settings.secret_key_file,
-            data_dir=settings.data_dir,
-        )
+        self.key = key_for(settings)
         self.pseudonymizer = Pseudonymizer(self.key)
         self.spool = Spool(
             settings.spool_dir,

@@ -11,8 +11,12 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Pseudonymizer", "load_or_create_key"]
+if TYPE_CHECKING:
+    from dicomgate.config import Settings
+
+__all__ = ["Pseudonymizer", "key_for", "load_or_create_key"]
 
 KEY_FILE_NAME = "secret.key"
 
@@ -77,3 +81,12 @@ def load_or_create_key(*, key: str | None, key_file: Path | None, data_dir: Path
     finally:
         os.close(fd)
     return new
+
+
+def key_for(settings: Settings) -> bytes:
+    """The key the node and ``dicomgate deidentify`` use under ``settings`` (one source)."""
+    return load_or_create_key(
+        key=settings.secret_key.get_secret_value() if settings.secret_key else None,
+        key_file=settings.secret_key_file,
+        data_dir=settings.data_dir,
+    )

@@ -109,7 +109,7 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
             state.set_state(
                 rec.id, InstanceState.QUARANTINED, reason="spool file missing at start-up"
             )
-        state.clear_spool_path(rec.id)
+        state.set_spool_path(rec.id, None)
 
     level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"
     getattr(log, level)("spool reconciled", **report.as_dict())

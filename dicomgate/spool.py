@@ -153,7 +153,12 @@ class Spool:
             finally:
                 os.close(fd)
             received.rename(final)
-            self._instances_sync.sync()  # shared with concurrent renames (group commit)
+            try:
+                self._instances_sync.sync()  # shared with concurrent renames (group commit)
+            except OSError:
+                # Not durable, so not acknowledged: it must not be found and delivered later.
+                final.unlink(missing_ok=True)
+                raise
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(exc.errno, "no space left on the spool filesystem") from exc
@@ -163,14 +168,17 @@ class Spool:
         return f"instances/{name}", size
 
     def remove(self, relative: str) -> None:
-        """Delete a spool file (after delivery); the unlink is made durable like the rename."""
+        """Delete a spool file (after delivery).
+
+        The unlink is not fsync'd: a copy that reappears after a power loss is a stale copy
+        of something delivered, and start-up reconciliation removes it again.
+        """
         path = self.root / relative
         try:
             size = path.stat().st_size
             path.unlink()
         except FileNotFoundError:
             return
-        fsync_dir(path.parent)
         self.release(size)
 
     def set_aside(self, path: Path) -> None:

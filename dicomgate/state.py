@@ -266,8 +266,8 @@ class StateStore:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def insert_instance(self, rec: InstanceRecord, conn: sqlite3.Connection | None = None) -> int:
-        """Insert one instance row (and touch its study); commits unless ``conn`` is given."""
+    def insert_instance(self, rec: InstanceRecord) -> int:
+        """Insert one instance row (and touch its study) in one transaction; return its id."""
         now = time.time()
         received_at = rec.received_at or now
         params = (
@@ -289,7 +289,7 @@ class StateStore:
             now,
         )
 
-        def _write(c: sqlite3.Connection) -> int:
+        with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO instances (sop_instance_uid, version, study_instance_uid, "
                 "series_instance_uid, sop_class_uid, transfer_syntax_uid, size, sha256, "
@@ -305,35 +305,24 @@ class StateStore:
             )
             return int(cur.lastrowid or 0)
 
-        if conn is not None:
-            return _write(conn)
+    def _update(self, row_id: int, **columns: object) -> None:
+        """Set ``columns`` of one instance row (and its ``updated_at``) in one transaction."""
+        sets = ", ".join(f"{name} = ?" for name in columns)
         with self.transaction() as c:
-            return _write(c)
+            c.execute(
+                f"UPDATE instances SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608 - names are ours
+                (*columns.values(), time.time(), row_id),
+            )
 
     def set_sha256(self, row_id: int, sha256: str) -> None:
-        with self.transaction() as c:
-            c.execute("UPDATE instances SET sha256 = ? WHERE id = ?", (sha256, row_id))
+        self._update(row_id, sha256=sha256)
 
     def set_state(self, row_id: int, state: InstanceState, *, reason: str | None = None) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
-                (str(state), reason, time.time(), row_id),
-            )
+        self._update(row_id, state=str(state), reason=reason)
 
-    def set_spool_path(self, row_id: int, relative: str) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET spool_path = ?, updated_at = ? WHERE id = ?",
-                (relative, time.time(), row_id),
-            )
-
-    def clear_spool_path(self, row_id: int) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET spool_path = NULL, updated_at = ? WHERE id = ?",
-                (time.time(), row_id),
-            )
+    def set_spool_path(self, row_id: int, relative: str | None) -> None:
+        """Point a row at its spool file (``None``: the raw copy is gone, purged)."""
+        self._update(row_id, spool_path=relative)
 
     def spooled_paths(self) -> dict[str, InstanceRecord]:
         """Every row that still points at a spool file, keyed by its relative path."""
@@ -389,49 +378,27 @@ class StateStore:
 
     def record_processed(self, row_id: int, study_instance_uid: str, **fields: Any) -> None:
         """Store the de-identified identity of an instance and move it to ``processed``."""
-        allowed = set(_PIPELINE_FIELDS) | {"sha256"}
-        unknown = set(fields) - allowed
+        unknown = set(fields) - set(_PIPELINE_FIELDS) - {"sha256"}
         if unknown:
             raise ValueError(f"not pipeline fields: {sorted(unknown)}")
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.transaction() as c:
-            c.execute(
-                f"UPDATE instances SET state = 'processed', reason = NULL, {sets}, "  # noqa: S608
-                "updated_at = ? WHERE id = ?",
-                (*fields.values(), time.time(), row_id),
-            )
-            if fields.get("deid_study_uid"):
-                c.execute(
-                    "UPDATE studies SET deid_study_uid = ? WHERE study_instance_uid = ?",
-                    (fields["deid_study_uid"], study_instance_uid),
-                )
+        self._update(row_id, state="processed", reason=None, **fields)
+        if fields.get("deid_study_uid"):
+            self.set_study_pseudonym(study_instance_uid, fields["deid_study_uid"])
 
     def record_uploaded(self, row_id: int, object_key: str) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET state = 'uploaded', object_key = ?, stage = NULL, "
-                "reason = NULL, updated_at = ? WHERE id = ?",
-                (object_key, time.time(), row_id),
-            )
+        self._update(row_id, state="uploaded", object_key=object_key, stage=None, reason=None)
 
-    def record_retry(self, row_id: int, *, stage: str, reason: str) -> int:
-        """Count a failed attempt that will be retried; return the attempt count."""
+    def record_retry(self, row_id: int, *, stage: str, reason: str) -> None:
+        """Count a failed attempt that will be retried."""
         with self.transaction() as c:
             c.execute(
                 "UPDATE instances SET attempts = attempts + 1, stage = ?, reason = ?, "
                 "updated_at = ? WHERE id = ?",
                 (stage, reason, time.time(), row_id),
             )
-            (n,) = c.execute("SELECT attempts FROM instances WHERE id = ?", (row_id,)).fetchone()
-        return int(n)
 
     def quarantine(self, row_id: int, *, stage: str, reason: str) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET state = 'quarantined', stage = ?, reason = ?, "
-                "updated_at = ? WHERE id = ?",
-                (stage, reason, time.time(), row_id),
-            )
+        self._update(row_id, state="quarantined", stage=stage, reason=reason)
 
     def studies_to_report(self) -> list[StudyProgress]:
         """Studies holding instances not yet listed in a manifest, with their progress."""
@@ -516,21 +483,12 @@ class StateStore:
         return row is not None
 
     def supersede(self, row_id: int) -> None:
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET state = 'superseded', reported_version = 0, "
-                "updated_at = ? WHERE id = ?",
-                (time.time(), row_id),
-            )
+        """An older version replaced before upload: never listed in a manifest."""
+        self._update(row_id, state="superseded", reported_version=0)
 
     def requeue(self, row_id: int, *, reason: str) -> None:
         """Send an instance back to be processed again from its raw copy."""
-        with self.transaction() as c:
-            c.execute(
-                "UPDATE instances SET state = 'received', stage = 'upload', reason = ?, "
-                "updated_at = ? WHERE id = ?",
-                (reason, time.time(), row_id),
-            )
+        self._update(row_id, state="received", stage="upload", reason=reason)
 
     def mark_notified(self, study_instance_uid: str, version: int) -> None:
         with self.transaction() as c:

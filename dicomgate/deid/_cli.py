@@ -21,7 +21,7 @@ import click
 from dicomgate.config import DeidOption
 from dicomgate.deid._profile import profile_from_settings
 from dicomgate.deid._worker import DeidConfig, FileResult, deidentify_file
-from dicomgate.pseudonym import load_or_create_key
+from dicomgate.pseudonym import key_for
 
 __all__ = ["deidentify"]
 
@@ -87,10 +87,7 @@ def deidentify(
     settings = settings_or_exit(config_file, **overrides)
     try:
         profile_from_settings(settings)  # fail fast on contradictory options or bad overrides
-        secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        key = load_or_create_key(
-            key=secret, key_file=settings.secret_key_file, data_dir=settings.data_dir
-        )
+        key = key_for(settings)
     except (ValueError, OSError) as exc:
         click.echo(f"dicomgate: {exc}", err=True)
         sys.exit(2)

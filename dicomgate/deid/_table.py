@@ -57,10 +57,6 @@ class TableRow:
         m = _EXACT.match(self.tag_text)
         return int(m[1] + m[2], 16) if m else None
 
-    def option_code(self, option: DeidOption) -> str:
-        """The option's cell ('' when the standard gives no entry)."""
-        return dict(self.options).get(option, "")
-
 
 def _parse(text: str) -> tuple[TableRow, ...]:
     rows = []

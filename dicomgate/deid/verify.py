@@ -72,6 +72,9 @@ _BULK_PIXELS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "DA", "DT", "TM"}
 _BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"}
 
+# The verifier's own copy of the option -> CSV column map (and its own date spellings below),
+# deliberately not imported from the engine (``_table.OPTION_COLUMNS``, ``_scrub.date_spellings``):
+# a mistake there must not be repeated here.  tests/deid checks both copies against the tests' own.
 _OPTION_COLUMN = {
     DeidOption.RETAIN_SAFE_PRIVATE: "rtn_safe_priv",
     DeidOption.RETAIN_UIDS: "rtn_uids",
@@ -139,9 +142,8 @@ def _may_survive_uncached(tag: int, profile: Profile) -> bool:
     row = _rows().get(tag)
     if row is None:
         return False
-    cells = [row[_OPTION_COLUMN[o]] for o in profile.options if row[_OPTION_COLUMN[o]]]
-    if cells:
-        return True  # K or C
+    if any(row[_OPTION_COLUMN[o]] for o in profile.options):
+        return True  # an enabled option's cell: K or C
     return row["basic"] == "K"
 
 
@@ -171,8 +173,7 @@ class _Path:
         self.parent, self.tag = parent, tag
 
     def __str__(self) -> str:
-        keyword = dictionary_keyword(self.tag) if dictionary_has_tag(self.tag) else ""
-        name = keyword or f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+        name = _keyword(self.tag) or f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
         return f"{self.parent}.{name}" if self.parent else name
 
 
@@ -262,14 +263,20 @@ def _strings(value: Any) -> list[str]:
     return [str(v).strip() for v in values if str(v).strip()]
 
 
+@functools.cache
+def _keyword(tag: int) -> str:
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+
+
 def _well_known_uid(tag: int, uid: str) -> bool:
     if uid in UID_dictionary:
         return True
-    keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+    keyword = _keyword(tag)
     return keyword.endswith(("ClassUID", "TransferSyntaxUID")) or keyword in _KIND_UIDS
 
 
 def _date_spellings(yyyymmdd: str) -> list[str]:
+    """A date as people write it: at least every spelling the engine's scrubber cuts."""
     y, m, d = yyyymmdd[:4], yyyymmdd[4:6], yyyymmdd[6:8]
     return [
         yyyymmdd,
@@ -279,6 +286,8 @@ def _date_spellings(yyyymmdd: str) -> list[str]:
         f"{d}.{m}.{y}",
         f"{d}/{m}/{y}",
         f"{m}/{d}/{y}",
+        f"{d}-{m}-{y}",
+        f"{m}-{d}-{y}",
     ]
 
 

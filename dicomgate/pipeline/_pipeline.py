@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from dicomgate._logging import get_logger
 from dicomgate.config import Settings
@@ -72,7 +74,6 @@ class Pipeline:
         self.state = state
         self.spool = spool
         self.destination = destination
-        self.notifiers = list(notifiers)
         self._pz = pseudonymizer
         self._in_flight_studies = in_flight
         self._ingest_busy = ingest_busy
@@ -95,7 +96,7 @@ class Pipeline:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._crashes: dict[int, int] = {}
-        self._key_locks: dict[str, asyncio.Lock] = {}
+        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.publisher = StudyPublisher(
             settings,
             state=state,
@@ -336,22 +337,20 @@ class Pipeline:
                 reason=result.reason,
             )
             return False
-        self.state.record_processed(
-            rec.id,
-            rec.study_instance_uid,
-            sha256=result.raw_sha256,
-            deid_study_uid=result.deid_study_uid,
-            deid_series_uid=result.deid_series_uid,
-            deid_sop_uid=result.deid_sop_uid,
-            deid_size=result.deid_size,
-            deid_sha256=result.deid_sha256,
-            modality=result.modality,
-            series_number=result.series_number,
-            instance_number=result.instance_number,
-        )
+        fields: dict[str, Any] = {
+            "sha256": result.raw_sha256,
+            "deid_study_uid": result.deid_study_uid,
+            "deid_series_uid": result.deid_series_uid,
+            "deid_sop_uid": result.deid_sop_uid,
+            "deid_size": result.deid_size,
+            "deid_sha256": result.deid_sha256,
+            "modality": result.modality,
+            "series_number": result.series_number,
+            "instance_number": result.instance_number,
+        }
+        self.state.record_processed(rec.id, rec.study_instance_uid, **fields)
         self._count("processed")
-        updated = self.state.get(rec.id)
-        assert updated is not None
+        updated = dataclasses.replace(rec, state=InstanceState.PROCESSED, **fields)
         await self._upload_q.put(updated)
         return True
 
@@ -365,14 +364,26 @@ class Pipeline:
             key = instance_key(rec.deid_study_uid, rec.deid_series_uid, rec.deid_sop_uid)
             # Versions of one instance share a key: one upload at a time per key, and an
             # older version that lost the race to a newer one is not uploaded at all.
-            lock = self._key_locks.setdefault(key, asyncio.Lock())
-            async with lock:
+            async with self._key_lock(key):
                 if not self._superseded(rec):
                     await self._upload(rec, key)
-            if not lock.locked():
-                self._key_locks.pop(key, None)
         finally:
             self._done(rec)
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: str) -> AsyncIterator[None]:
+        """One upload at a time per object key; the lock lives while anyone holds or awaits it."""
+        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._key_locks[key]
+            if users == 1:
+                del self._key_locks[key]
+            else:
+                self._key_locks[key] = (lock, users - 1)
 
     async def _upload(self, rec: InstanceRecord, key: str) -> None:
         assert rec.id is not None
@@ -427,7 +438,7 @@ class Pipeline:
     async def _track_once(self) -> None:
         await asyncio.sleep(min(0.25, max(0.05, self.settings.stable_after / 4)))
         self.publisher.tick(set(self._in_flight_studies()))
-        self._purge()
+        await asyncio.to_thread(self._purge)  # file deletions stay off the event loop
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""
@@ -435,4 +446,4 @@ class Pipeline:
         for rec in self.state.purgeable(delivered_before=cutoff):
             assert rec.id is not None and rec.spool_path is not None
             self.spool.remove(rec.spool_path)
-            self.state.clear_spool_path(rec.id)
+            self.state.set_spool_path(rec.id, None)

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
+from dicomgate.delivery.destination import sha256_file
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 
 __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
@@ -100,19 +101,10 @@ class _Job:
     out_size: int = 0
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
-
 def _read(job: _Job) -> _Job:
     # Hash by streaming and parse from the file: the raw bytes are never held twice.
     path = Path(job.order.raw_path)
-    job.raw_sha256, job.raw_size = _sha256_file(path)
+    job.raw_sha256, job.raw_size = sha256_file(path)
     try:
         job.ds = dcmread(path)
     except Exception as exc:
@@ -164,7 +156,7 @@ def _write(job: _Job) -> _Job:
         # Large (multi-frame) instances are written straight to the file: the worker holds
         # the pixel data once, not three times.
         job.out.save_as(tmp, enforce_file_format=True)
-        job.out_sha256, job.out_size = _sha256_file(tmp)
+        job.out_sha256, job.out_size = sha256_file(tmp)
     # Staging is a cache: lost or torn files are detected by size and redone from the spool.
     tmp.replace(target)
     return job

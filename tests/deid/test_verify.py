@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 from dicomgate.config import DeidOption
 from dicomgate.deid import Profile, deidentify, verify_no_phi
 from dicomgate.testing import CT_PHI, make_ct_instance
-from tests.deid.helpers import profile, pseudonymizer
+from tests.deid.helpers import OPTION_COLUMN, profile, pseudonymizer, table_rows
 
 
 def _pair(prof: Profile) -> tuple[Dataset, Dataset]:
@@ -128,3 +128,24 @@ def test_digits_inside_a_pseudonym_uid_are_chance_not_a_leak() -> None:
     assert verify_no_phi(original, out, profile) == []
     out.SOPInstanceUID = "1.2.3." + original.StudyTime + ".4"
     assert [f.location for f in verify_no_phi(original, out, profile)] == ["SOPInstanceUID"]
+
+
+def test_verifier_reads_the_table_columns_the_tests_read() -> None:
+    """The verifier's and the engine's own option -> column maps (kept apart on purpose) both
+    agree with the tests' map, and name real columns of the shipped CSV."""
+    from dicomgate.deid._table import OPTION_COLUMNS
+    from dicomgate.deid.verify import _OPTION_COLUMN
+
+    assert set(OPTION_COLUMN) == set(DeidOption)
+    assert set(OPTION_COLUMN.values()) <= set(table_rows()[0])
+    assert _OPTION_COLUMN == OPTION_COLUMN
+    assert OPTION_COLUMNS == OPTION_COLUMN
+
+
+def test_verifier_searches_every_date_spelling_the_scrubber_cuts() -> None:
+    """A date the engine cuts from text in some spelling is searched for in that spelling."""
+    from dicomgate.deid._scrub import date_spellings
+    from dicomgate.deid.verify import _date_spellings
+
+    for day in ("19710304", "20011231"):
+        assert set(date_spellings(day)) <= set(_date_spellings(day))

@@ -73,3 +73,22 @@ def test_spool_counts_existing_files_at_start(tmp_path: Path) -> None:
     assert spool.usage().bytes_used == 8
     assert spool.check_room(3) is not None
     assert spool.check_room(2) is None
+
+
+def test_state_store_failure_leaves_no_spool_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that cannot be written means 0x0110 and no spool file a restart would adopt."""
+    import sqlite3
+
+    [path] = write_ct_study(tmp_path / "s", 1, rows=16, columns=16)
+    with start_node(tmp_path / "d") as n:
+        assert n.node.state is not None
+
+        def locked(*args: object, **kw: object) -> int:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(n.node.state, "insert_instance", locked)
+        assert send_files(n.host, n.port, [path]) == [0x0110]
+        assert n.spool_files == [] and n.incoming_files == []
+        assert n.node.spool.usage().bytes_used == 0
