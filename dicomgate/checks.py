@@ -6,11 +6,13 @@ Each check either yields the UIDs the node files the instance under, or a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
@@ -53,33 +55,47 @@ def _truncated(elem: Any, file_size: int) -> bool:
     return len(elem.value) != elem.length
 
 
+def _quotable_sop_class(uid: str) -> str:
+    """A SOP Class UID as it may appear in a log: registered ones only (a sender that put,
+    say, its SOP Instance UID there must not get it logged)."""
+    return uid if uid in UID_dictionary else "an unregistered UID"
+
+
 def check_header(
-    path: Path, *, request_sop_class_uid: str | None, request_sop_instance_uid: str
+    path: Path,
+    *,
+    request_sop_class_uid: str | None,
+    request_sop_instance_uid: str,
+    file_size: int | None = None,
 ) -> HeaderUIDs | Refusal:
     """Parse the header of a received file and check it against the C-STORE request.
 
     ``request_sop_class_uid=None`` skips the SOP Class match (used when re-reading our own
-    spool files, which passed it on the way in).
+    spool files, which passed it on the way in). ``file_size``, if the caller already has it,
+    spares a stat of the file.
     """
     try:
-        # Pixel data (possibly gigabytes, possibly compressed) is neither read nor decoded.
-        ds = dcmread(path, stop_before_pixels=True, defer_size=1024)
-        # Element values stay raw (tolerant when reading: odd values are the pipeline's
-        # business), but sequences are parsed so a garbled nested structure fails here.
-        file_size = path.stat().st_size
-        for tag in list(ds.keys()):
-            # raw elements: no value conversion, and deferred values stay unread
-            elem = ds.get_item(tag, keep_deferred=True)
-            if _truncated(elem, file_size):
-                return Refusal(
-                    Status.CANNOT_UNDERSTAND,
-                    f"element ({elem.tag.group:04X},{elem.tag.element:04X}) runs past the "
-                    "end of the dataset",
-                )
-            if elem.VR == "SQ":
-                _ = ds[elem.tag].value
-        uids = {kw: _uid(ds.get(kw)) for kw in ("SOPClassUID", *_REQUIRED_UIDS)}
-        transfer_syntax = _uid(ds.file_meta.get("TransferSyntaxUID")) or ""
+        with path.open("rb") as fp:
+            if file_size is None:
+                file_size = os.fstat(fp.fileno()).st_size
+            # Pixel data (possibly gigabytes, possibly compressed) is neither read nor decoded.
+            ds = dcmread(fp, stop_before_pixels=True, defer_size=1024)
+            # Element values stay raw (tolerant when reading: odd values are the pipeline's
+            # business), but sequences are parsed so a garbled nested structure fails here.
+            for tag in list(ds.keys()):
+                # raw elements: no value conversion, and deferred values stay unread
+                elem = ds.get_item(tag, keep_deferred=True)
+                if _truncated(elem, file_size):
+                    return Refusal(
+                        Status.CANNOT_UNDERSTAND,
+                        f"element ({elem.tag.group:04X},{elem.tag.element:04X}) runs past the "
+                        "end of the dataset",
+                    )
+                if elem.VR == "SQ":
+                    _ = ds[elem.tag].value
+            # (inside the ``with``: an oversized value was deferred and is read from ``fp``)
+            uids = {kw: _uid(ds.get(kw)) for kw in ("SOPClassUID", *_REQUIRED_UIDS)}
+            transfer_syntax = _uid(ds.file_meta.get("TransferSyntaxUID")) or ""
     except Exception as exc:  # pydicom raises many kinds on garbage; none may escape
         return Refusal(Status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}")
 
@@ -89,7 +105,8 @@ def check_header(
     if request_sop_class_uid is not None and sop_class != request_sop_class_uid.strip():
         return Refusal(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"dataset SOP Class UID {sop_class} differs from the request's {request_sop_class_uid}",
+            f"dataset SOP Class UID ({_quotable_sop_class(sop_class)}) differs from the "
+            f"request's ({_quotable_sop_class(request_sop_class_uid.strip())})",
         )
     for keyword in _REQUIRED_UIDS:
         value = uids[keyword]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import hashlib
 import threading
 import zlib
 from collections.abc import Callable
@@ -28,11 +27,11 @@ from pathlib import Path
 from dicomgate._logging import get_logger
 from dicomgate.checks import HeaderUIDs, Refusal, check_header
 from dicomgate.pseudonym import Pseudonymizer
-from dicomgate.spool import Spool, SpoolFullError
+from dicomgate.spool import Spool, SpoolFullError, sha256_file
 from dicomgate.state import InstanceRecord, StateStore
 from dicomgate.status import Status
 
-__all__ = ["Ingest", "StoreOutcome", "StoreRequest", "sha256_file"]
+__all__ = ["Ingest", "StoreOutcome", "StoreRequest"]
 
 log = get_logger(__name__)
 
@@ -43,14 +42,6 @@ def _os_error(exc: BaseException) -> str:
     """An exception named without its message (messages quote paths, paths quote UIDs)."""
     errno_name = errno.errorcode.get(getattr(exc, "errno", None) or -1)
     return f"{type(exc).__name__} {errno_name}" if errno_name else type(exc).__name__
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +98,14 @@ class Ingest:
             req.path,
             request_sop_class_uid=req.sop_class_uid,
             request_sop_instance_uid=req.sop_instance_uid,
+            file_size=size,
         )
         if isinstance(checked, Refusal):
             return self._refuse(req, checked)
 
         with self._stripe(checked.sop_instance_uid):
             try:
-                return self._store_checked(req, checked, size)
+                outcome = self._store_checked(req, checked, size)
             except SpoolFullError:
                 return self._refuse(
                     req, Refusal(Status.OUT_OF_RESOURCES, "no space left on the spool filesystem")
@@ -124,6 +116,14 @@ class Ingest:
                 return self._refuse(
                     req, Refusal(Status.PROCESSING_FAILURE, f"store failed ({_os_error(exc)})")
                 )
+        if self._on_stored is not None and outcome.record is not None and not outcome.duplicate:
+            # The instance is durable and recorded: a failing listener must not turn that
+            # into a failure status, and other senders of this UID need not wait for it.
+            try:
+                self._on_stored(outcome.record)
+            except Exception as exc:
+                log.error("stored-instance listener failed", error=type(exc).__name__)
+        return outcome
 
     def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:
         # Compared with the newest version only: the sender's latest content is what gets
@@ -132,7 +132,7 @@ class Ingest:
         new_sha: str | None = None
         if newest is not None and newest.size == size:
             old_sha = newest.sha256 or self._backfill_sha(newest)
-            new_sha = sha256_file(req.path) if old_sha is not None else None
+            new_sha = sha256_file(req.path)[0] if old_sha is not None else None
             if old_sha is not None and new_sha == old_sha:
                 log.info(
                     "duplicate instance, already stored",
@@ -171,8 +171,6 @@ class Ingest:
                 instance=self._pseudo.log_id(uids.sop_instance_uid),
                 version=version,
             )
-        if self._on_stored is not None:
-            self._on_stored(stored)
         return StoreOutcome(Status.SUCCESS, record=stored)
 
     def _backfill_sha(self, old: InstanceRecord) -> str | None:
@@ -181,7 +179,7 @@ class Ingest:
         path = self.spool.path_of(old.spool_path)
         if not path.exists():
             return None
-        sha = sha256_file(path)
+        sha, _ = sha256_file(path)
         self.state.set_sha256(old.id, sha)
         return sha
 

@@ -12,16 +12,28 @@ about to be: the C-STORE response follows the directory fsync).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DirSyncer", "Spool", "SpoolFullError", "fsync_dir"]
+__all__ = ["DirSyncer", "Spool", "SpoolFullError", "fsync_dir", "sha256_file"]
 
 
 class SpoolFullError(OSError):
     """The spool is over its size limit or its filesystem is short of space."""
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 and size of a file, read in 1 MiB chunks (blocking)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def fsync_dir(path: Path) -> None:

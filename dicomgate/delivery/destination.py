@@ -16,11 +16,12 @@ restarted pipeline skip an object already there with the same ``sha256``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+
+from dicomgate.spool import sha256_file  # one home for it, re-exported here
 
 __all__ = [
     "CONTENT_TYPE_CSV",
@@ -39,8 +40,6 @@ CONTENT_TYPE_CSV = "text/csv; charset=utf-8"
 
 # SigV4 presigned URLs live at most 7 days (X-Amz-Expires <= 604800).
 MAX_LINK_EXPIRY = 7 * 24 * 3600
-
-_HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +127,3 @@ def check_expiry(expires_in: int) -> int:
     if not 1 <= expires_in <= MAX_LINK_EXPIRY:
         raise ValueError(f"link lifetime must be 1..{MAX_LINK_EXPIRY} s, got {expires_in}")
     return expires_in
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Hex SHA-256 and size of a file, read in 1 MiB chunks (blocking)."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size

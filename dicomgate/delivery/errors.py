@@ -139,7 +139,8 @@ _PERMANENT_ERRNOS = frozenset(
 def classify_os_error(exc: OSError, action: str) -> DeliveryError:
     """Map an ``OSError`` from a local destination to a delivery error."""
     name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    message = f"{action} failed: {name}: {exc.strerror or exc}"
+    # strerror, never str(exc): that quotes file names, and spool names carry original UIDs.
+    message = f"{action} failed: {name}: {exc.strerror or 'no detail'}"
     if exc.errno in _PERMANENT_ERRNOS:
         return PermanentDeliveryError(message, code=name)
     return RetryableDeliveryError(message, code=name)

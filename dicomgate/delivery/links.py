@@ -60,7 +60,6 @@ async def make_link_set(
     manifest: Manifest,
     expires_in: int,
     *,
-    include_instances: bool = True,
     now: datetime | None = None,
 ) -> LinkSet:
     """Fresh links (``expires_in`` seconds, at most 7 days) for everything ``manifest`` lists."""
@@ -68,7 +67,7 @@ async def make_link_set(
     created = now or datetime.now(UTC)
     expires = created + timedelta(seconds=expires_in)
     m_key = manifest_key(manifest.study_instance_uid, manifest.manifest_version)
-    instances = manifest.instances if include_instances else []
+    instances = manifest.instances
     urls = await asyncio.gather(
         destination.link(m_key, expires_in),
         destination.link(manifest.index_key, expires_in),

@@ -223,9 +223,13 @@ class WebhookNotifier:
         await asyncio.to_thread(self._post, notification.to_json(), notification)
 
 
-def _dedup_id(notification: Notification) -> str:
+def _fifo_args(target: str, notification: Notification) -> dict[str, Any]:
+    """Group and deduplication ids for a FIFO topic or queue (``*.fifo``); nothing otherwise."""
+    if not target.endswith(".fifo"):
+        return {}
     # FIFO deduplication ids: at most 128 characters of [A-Za-z0-9!-~]; a digest fits always.
-    return hashlib.sha256(notification.id.encode("utf-8")).hexdigest()
+    dedup = hashlib.sha256(notification.id.encode("utf-8")).hexdigest()
+    return {"MessageGroupId": notification.study_instance_uid, "MessageDeduplicationId": dedup}
 
 
 def _attributes(notification: Notification) -> dict[str, Any]:
@@ -248,15 +252,11 @@ class SNSNotifier:
         self._client = client
 
     def _publish(self, body: str, notification: Notification) -> None:
-        extra: dict[str, Any] = {}
-        if self._topic_arn.endswith(".fifo"):
-            extra["MessageGroupId"] = notification.study_instance_uid
-            extra["MessageDeduplicationId"] = _dedup_id(notification)
         self._client.publish(
             TopicArn=self._topic_arn,
             Message=body,
             MessageAttributes=_attributes(notification),
-            **extra,
+            **_fifo_args(self._topic_arn, notification),
         )
 
     async def notify(self, notification: Notification) -> None:
@@ -277,15 +277,11 @@ class SQSNotifier:
         self._client = client
 
     def _send(self, body: str, notification: Notification) -> None:
-        extra: dict[str, Any] = {}
-        if self._queue_url.endswith(".fifo"):
-            extra["MessageGroupId"] = notification.study_instance_uid
-            extra["MessageDeduplicationId"] = _dedup_id(notification)
         self._client.send_message(
             QueueUrl=self._queue_url,
             MessageBody=body,
             MessageAttributes=_attributes(notification),
-            **extra,
+            **_fifo_args(self._queue_url, notification),
         )
 
     async def notify(self, notification: Notification) -> None:

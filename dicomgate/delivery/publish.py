@@ -36,22 +36,14 @@ async def publish_manifest(destination: Destination, manifest: Manifest) -> Publ
     study = manifest.study_instance_uid
     version = manifest.manifest_version
     body = manifest.to_json()
+    meta = {"manifest-version": str(version)}
     index = await destination.put_bytes(
-        manifest.index_key,
-        index_csv(manifest),
-        content_type=CONTENT_TYPE_CSV,
-        metadata={"manifest-version": str(version)},
+        manifest.index_key, index_csv(manifest), content_type=CONTENT_TYPE_CSV, metadata=meta
     )
     versioned = await destination.put_bytes(
-        manifest_key(study, version),
-        body,
-        content_type=CONTENT_TYPE_JSON,
-        metadata={"manifest-version": str(version)},
+        manifest_key(study, version), body, content_type=CONTENT_TYPE_JSON, metadata=meta
     )
     latest = await destination.put_bytes(
-        latest_manifest_key(study),
-        body,
-        content_type=CONTENT_TYPE_JSON,
-        metadata={"manifest-version": str(version)},
+        latest_manifest_key(study), body, content_type=CONTENT_TYPE_JSON, metadata=meta
     )
     return PublishedManifest(manifest=versioned, index=index, latest=latest)

@@ -151,6 +151,17 @@ def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
 
 
+def _stored(key: str, size: int, sha256: str | None, response: Mapping[str, Any]) -> StoredObject:
+    """A :class:`StoredObject` from a PutObject/HeadObject response."""
+    return StoredObject(
+        key=key,
+        size=size,
+        sha256=sha256,
+        etag=response.get("ETag", "").strip('"') or None,
+        version_id=response.get("VersionId"),
+    )
+
+
 class S3Destination:
     """A destination in an S3 bucket, under an optional key prefix."""
 
@@ -196,7 +207,7 @@ class S3Destination:
 
     @property
     def client(self) -> S3Client:
-        """The boto3 client (shared with notifiers and tests; thread-safe)."""
+        """The boto3 client (thread-safe; tests use it to inspect the bucket)."""
         return self._client
 
     @property
@@ -282,13 +293,7 @@ class S3Destination:
                             **self._checksum_args(digest, checksum),
                             **extra,
                         )
-                    return StoredObject(
-                        key=key,
-                        size=size,
-                        sha256=digest,
-                        etag=response.get("ETag", "").strip('"') or None,
-                        version_id=response.get("VersionId"),
-                    )
+                    return _stored(key, size, digest, response)
 
                 return self._with_checksum_fallback(action, single)
 
@@ -331,13 +336,7 @@ class S3Destination:
                 **self._checksum_args(digest, checksum),
                 **extra,
             )
-            return StoredObject(
-                key=key,
-                size=len(data),
-                sha256=digest,
-                etag=response.get("ETag", "").strip('"') or None,
-                version_id=response.get("VersionId"),
-            )
+            return _stored(key, len(data), digest, response)
 
         return await self._run(action, lambda: self._with_checksum_fallback(action, single))
 
@@ -354,13 +353,7 @@ class S3Destination:
             checksum = response.get("ChecksumSHA256")
             if checksum and "-" not in checksum:
                 digest = base64.b64decode(checksum).hex()
-        return StoredObject(
-            key=key,
-            size=response["ContentLength"],
-            sha256=digest,
-            etag=response.get("ETag", "").strip('"') or None,
-            version_id=response.get("VersionId"),
-        )
+        return _stored(key, response["ContentLength"], digest, response)
 
     async def head(self, key: str) -> StoredObject | None:
         return await self._run(

@@ -21,8 +21,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
-from dicomgate.delivery.destination import sha256_file
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
+from dicomgate.spool import sha256_file
 
 __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
 

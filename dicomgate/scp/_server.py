@@ -49,6 +49,9 @@ __all__ = ["TRANSFER_SYNTAXES", "AssociationInfo", "StoreSCP"]
 
 log = get_logger(__name__)
 
+#: Attribute of a pynetdicom ``Association`` holding its :class:`AssociationInfo`.
+_INFO_ATTR = "_dicomgate_info"
+
 #: Accepted for every storage SOP class. Compressed pixel data is stored as received.
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
@@ -243,17 +246,37 @@ class StoreSCP:
             self.wait_for_associations(5)
 
     # -- association registry -------------------------------------------------------------------
-    def info(self, assoc: Any) -> AssociationInfo:
+    @staticmethod
+    def _new_info(assoc: Any) -> AssociationInfo:
+        return AssociationInfo(
+            assoc_id=uuid.uuid4().hex[:12],
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        )
+
+    def register(self, assoc: Any) -> AssociationInfo:
+        """Start tracking an association that was just established."""
+        info = self._new_info(assoc)
+        setattr(assoc, _INFO_ATTR, info)  # the handlers' lock-free lookup
         with self._lock:
-            info = self._associations.get(id(assoc))
-            if info is None:
-                info = AssociationInfo(
-                    assoc_id=uuid.uuid4().hex[:12],
-                    calling_ae=str(assoc.requestor.ae_title).strip(),
-                    peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
-                )
-                self._associations[id(assoc)] = info
-            return info
+            self._associations[id(assoc)] = info
+        return info
+
+    def info(self, assoc: Any) -> AssociationInfo:
+        """The association's info (set at establishment).
+
+        Never re-registers an association already forgotten: a peer that drops the connection
+        right after a C-STORE gets EVT_CONN_CLOSE (DUL thread) before that store's handler
+        (association thread) runs, and re-registering it then would leave an entry no event
+        removes — ``busy()`` and ``studies_in_flight()`` would report it forever.
+        """
+        info = getattr(assoc, _INFO_ATTR, None)
+        return info if isinstance(info, AssociationInfo) else self._new_info(assoc)
+
+    def add_study(self, info: AssociationInfo, study_instance_uid: str) -> None:
+        if study_instance_uid not in info.studies:
+            with self._lock:  # studies_in_flight() reads the sets under the lock
+                info.studies.add(study_instance_uid)
 
     def forget(self, assoc: Any) -> AssociationInfo | None:
         with self._lock:
@@ -283,7 +306,7 @@ def _handle_rejected(event: Any, scp: StoreSCP) -> None:
 def _handle_established(event: Any, scp: StoreSCP) -> None:
     if scp.metrics is not None:
         scp.metrics.associations.labels("accepted").inc()
-    info = scp.info(event.assoc)
+    info = scp.register(event.assoc)
     # Bound in the association's own thread: every later log line of this association has it.
     structlog.contextvars.bind_contextvars(assoc_id=info.assoc_id, calling_ae=info.calling_ae)
     log.info("association established", peer=info.peer)
@@ -339,7 +362,7 @@ def _handle_store(event: Any, scp: StoreSCP) -> int:
     if outcome.status == Status.SUCCESS:
         info.stored += 1
         if outcome.record is not None:
-            info.studies.add(outcome.record.study_instance_uid)
+            scp.add_study(info, outcome.record.study_instance_uid)
     else:
         info.refused += 1
     if scp.metrics is not None:
