@@ -31,8 +31,9 @@ class InstanceState(StrEnum):
     UPLOADED = "uploaded"
     DELIVERED = "delivered"
     QUARANTINED = "quarantined"
-    #: an older version, replaced by a newer one with the same SOP Instance UID before it was
-    #: uploaded; never listed in a manifest (reported_version 0)
+    #: an older version, replaced by a newer one with the same SOP Instance UID before any
+    #: manifest listed it (in flight, uploaded or quarantined); never listed in a manifest
+    #: (reported_version 0), its raw copy purged like a delivered one
     SUPERSEDED = "superseded"
 
 
@@ -87,6 +88,14 @@ CREATE INDEX IF NOT EXISTS studies_deid ON studies (deid_study_uid);
 CREATE INDEX IF NOT EXISTS instances_unreported ON instances (study_instance_uid)
     WHERE reported_version IS NULL;
 """
+
+
+_SUPERSEDE_STALE = (
+    "UPDATE instances SET state = 'superseded', reported_version = 0, updated_at = ? "
+    "WHERE reported_version IS NULL AND state IN ('uploaded', 'quarantined') "
+    "AND EXISTS (SELECT 1 FROM instances j WHERE j.sop_instance_uid = instances.sop_instance_uid "
+    "AND j.version > instances.version)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +233,10 @@ class StateStore:
             )
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        # Stores written before versions were superseded on arrival hold stale rows that
+        # would keep their studies republishing: settle them once, at start-up.
+        with self.transaction() as c:
+            self._supersede_stale(c, None)
 
     def close(self) -> None:
         with self._lock:
@@ -303,7 +316,20 @@ class StateStore:
                 "last_received_at = max(last_received_at, excluded.last_received_at)",
                 (rec.study_instance_uid, received_at, received_at),
             )
+            if rec.version > 1:
+                self._supersede_stale(c, rec.sop_instance_uid)
             return int(cur.lastrowid or 0)
+
+    def _supersede_stale(self, c: sqlite3.Connection, sop_instance_uid: str | None) -> None:
+        """Older versions that finished (uploaded or quarantined) but were never reported
+        become ``superseded``: the newest version is the one a manifest lists, so without this
+        they would stay "unreported" and re-trigger their study forever. Runs inside the
+        transaction that made them stale (a newer version admitted, an old one finishing)."""
+        now = time.time()
+        if sop_instance_uid is None:
+            c.execute(_SUPERSEDE_STALE, (now,))
+        else:  # one UID: the (sop_instance_uid, version) index keeps this cheap per upload
+            c.execute(_SUPERSEDE_STALE + " AND sop_instance_uid = ?", (now, sop_instance_uid))
 
     def _update(self, row_id: int, **columns: object) -> None:
         """Set ``columns`` of one instance row (and its ``updated_at``) in one transaction."""
@@ -385,8 +411,21 @@ class StateStore:
         if fields.get("deid_study_uid"):
             self.set_study_pseudonym(study_instance_uid, fields["deid_study_uid"])
 
+    def _finish(self, row_id: int, **columns: object) -> None:
+        """Move one row to a terminal state; if a newer version of it exists by then (it
+        arrived while this one was being carried), the row ends ``superseded`` at once."""
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        with self.transaction() as c:
+            row = c.execute(
+                f"UPDATE instances SET {sets}, updated_at = ? WHERE id = ? "  # noqa: S608 - names are ours
+                "RETURNING sop_instance_uid",
+                (*columns.values(), time.time(), row_id),
+            ).fetchone()
+            if row is not None:
+                self._supersede_stale(c, row[0])
+
     def record_uploaded(self, row_id: int, object_key: str) -> None:
-        self._update(row_id, state="uploaded", object_key=object_key, stage=None, reason=None)
+        self._finish(row_id, state="uploaded", object_key=object_key, stage=None, reason=None)
 
     def record_retry(self, row_id: int, *, stage: str, reason: str) -> None:
         """Count a failed attempt that will be retried."""
@@ -397,8 +436,24 @@ class StateStore:
                 (stage, reason, time.time(), row_id),
             )
 
-    def quarantine(self, row_id: int, *, stage: str, reason: str) -> None:
-        self._update(row_id, state="quarantined", stage=stage, reason=reason)
+    def quarantine(
+        self,
+        row_id: int,
+        *,
+        stage: str,
+        reason: str,
+        deid_sop_uid: str | None = None,
+        deid_series_uid: str | None = None,
+    ) -> None:
+        """Hold an instance back; the pseudonymized UIDs name it in reports."""
+        self._finish(
+            row_id,
+            state="quarantined",
+            stage=stage,
+            reason=reason,
+            deid_sop_uid=deid_sop_uid,
+            deid_series_uid=deid_series_uid,
+        )
 
     def studies_to_report(self) -> list[StudyProgress]:
         """Studies holding instances not yet listed in a manifest, with their progress."""
@@ -554,8 +609,8 @@ class StateStore:
                 params,
             ).fetchall()
             quarantined = self._conn.execute(
-                "SELECT study_instance_uid, sop_instance_uid, version, stage, reason "
-                "FROM instances WHERE state = 'quarantined' ORDER BY id"
+                "SELECT study_instance_uid, sop_instance_uid, deid_sop_uid, version, stage, "
+                "reason FROM instances WHERE state = 'quarantined' ORDER BY id"
             ).fetchall()
         studies: dict[str, dict[str, Any]] = {}
         for r in rows:
@@ -585,6 +640,7 @@ class StateStore:
                 studies[q["study_instance_uid"]]["quarantined"].append(
                     {
                         "instance": q["sop_instance_uid"],
+                        "deid_instance": q["deid_sop_uid"],
                         "version": q["version"],
                         "stage": q["stage"],
                         "reason": q["reason"],

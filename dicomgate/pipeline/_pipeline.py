@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import multiprocessing
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -108,11 +109,21 @@ class Pipeline:
         self._busy_since: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: a forked worker would inherit the node's threads' locks, its
+        # listening sockets and the data-directory lock (held until the worker exits, so a
+        # restarted node could find its own directory "in use").
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            initializer=worker_init,
+            mp_context=multiprocessing.get_context("spawn"),
+        )
+
     async def start(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
         for leftover in self.staging.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
-        self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
+        self._pool = self._new_pool()
 
         def spawn(name: str, step: Callable[[], Awaitable[None]], **kw: bool) -> asyncio.Task[None]:
             return asyncio.get_running_loop().create_task(self._loop(name, step, **kw), name=name)
@@ -223,8 +234,17 @@ class Pipeline:
         except FileNotFoundError:
             return False
 
-    def _quarantine(self, row_id: int, *, stage: str, reason: str) -> None:
-        self.state.quarantine(row_id, stage=stage, reason=reason)
+    def _quarantine(self, rec: InstanceRecord, *, stage: str, reason: str) -> None:
+        # pseudonymized identity recorded too: status pages may name the instance by it
+        assert rec.id is not None
+        self.state.quarantine(
+            rec.id,
+            stage=stage,
+            reason=reason,
+            deid_sop_uid=rec.deid_sop_uid or self.publisher.pseudo_uid(rec.sop_instance_uid),
+            deid_series_uid=rec.deid_series_uid
+            or self.publisher.pseudo_uid(rec.series_instance_uid),
+        )
         self._count("quarantined")
 
     def _count(self, outcome: str) -> None:
@@ -284,7 +304,7 @@ class Pipeline:
         if self._superseded(rec):
             return False
         if rec.spool_path is None:
-            self._quarantine(rec.id, stage="spool", reason="raw copy missing")
+            self._quarantine(rec, stage="spool", reason="raw copy missing")
             return False
         pool = self._pool
         assert pool is not None
@@ -301,7 +321,7 @@ class Pipeline:
             return self._worker_crashed(rec, pool)
         except Exception as exc:  # a bug in a stage: keep the instance, say why
             log.error("processing failed", row=rec.id, error=type(exc).__name__)
-            self._quarantine(rec.id, stage="process", reason=type(exc).__name__)
+            self._quarantine(rec, stage="process", reason=type(exc).__name__)
             return False
         return await self._record(rec, result)
 
@@ -317,9 +337,9 @@ class Pipeline:
         log.error("worker process died", row=rec.id, crashes=crashes)
         if self._pool is pool:
             pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=worker_init)
+            self._pool = self._new_pool()
         if crashes >= _MAX_WORKER_CRASHES:
-            self._quarantine(rec.id, stage="process", reason=f"worker process died {crashes} times")
+            self._quarantine(rec, stage="process", reason=f"worker process died {crashes} times")
         return False  # either way the feeder (or nobody) hands it out again
 
     async def _record(self, rec: InstanceRecord, result: WorkResult) -> bool:
@@ -329,7 +349,7 @@ class Pipeline:
                 self.state.record_processed(
                     rec.id, rec.study_instance_uid, sha256=result.raw_sha256
                 )
-            self._quarantine(rec.id, stage=result.stage or "process", reason=result.reason or "")
+            self._quarantine(rec, stage=result.stage or "process", reason=result.reason or "")
             log.warning(
                 "instance quarantined",
                 instance=self._pz.log_id(rec.sop_instance_uid),
@@ -405,7 +425,7 @@ class Pipeline:
                     return  # stays 'processed'; resumes at the next start
                 if time.monotonic() - started >= self.settings.retry_for:
                     self._quarantine(
-                        rec.id,
+                        rec,
                         stage="upload",
                         reason=f"destination unavailable for {self.settings.retry_for:.0f} s",
                     )
@@ -427,7 +447,7 @@ class Pipeline:
                     self.state.requeue(rec.id, reason="staged file damaged, redone")
                     log.warning("staged file damaged, processing again", row=rec.id)
                     return
-                self._quarantine(rec.id, stage="upload", reason=f"{exc.code}: refused")
+                self._quarantine(rec, stage="upload", reason=f"{exc.code}: refused")
                 log.error("upload refused", row=rec.id, code=exc.code)
                 return
         self.state.record_uploaded(rec.id, key)
