@@ -99,10 +99,18 @@ def status(
     for s in studies:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s["instances_by_state"].items()))
         click.echo(f"{s['study']}  {s['state']}  {s['instances']} instances ({counts})")
-        if s["manifest_version"]:
+        if s["manifest_version"] and s["instances_by_state"].get("delivered"):
             click.echo(f"    delivered as {s['deid_study']}  manifest v{s['manifest_version']}")
+        elif s["manifest_version"]:
+            click.echo(
+                f"    nothing delivered (every instance held back); reported as "
+                f"{s['deid_study']}  manifest v{s['manifest_version']}"
+            )
         for q in s["quarantined"]:
-            click.echo(f"    quarantined {q['instance']} ({q['stage']}): {q['reason']}")
+            click.echo(
+                f"    quarantined {q['instance']} (delivered name {q['deid_instance']}, "
+                f"{q['stage']}): {q['reason']}"
+            )
 
 
 @main.command()
@@ -146,7 +154,10 @@ def links(
         click.echo(link_set.model_dump_json(indent=2))
         return
     click.echo(f"study {link_set.study_instance_uid}  manifest v{link_set.manifest_version}")
-    click.echo(f"links expire {link_set.expires_at.isoformat()}")
+    if link_set.expires_at is not None:
+        click.echo(f"links expire {link_set.expires_at.isoformat()}")
+    else:
+        click.echo("file paths on this machine (a file:// destination): they do not expire")
     click.echo(f"manifest  {link_set.manifest.url}")
     click.echo(f"index     {link_set.index.url}")
     for inst in link_set.instances:

@@ -68,6 +68,12 @@ class Destination(Protocol):
         """The destination as configured (``s3://bucket/prefix``, ``file:///path``)."""
         ...
 
+    @property
+    def links_expire(self) -> bool:
+        """Whether a link stops working after its lifetime (S3 presigned URLs do; a
+        ``file://`` path does not, so it is reported with no expiry)."""
+        ...
+
     async def put_file(
         self,
         key: str,

@@ -73,6 +73,8 @@ def _makedirs(directory: Path) -> list[Path]:
 class FileDestination:
     """A destination that writes objects under a local directory."""
 
+    links_expire = False
+
     def __init__(self, root: Path, *, max_workers: int = 4) -> None:
         self._root = root.resolve()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dg-file")

@@ -22,13 +22,14 @@ LINKS_SCHEMA_VERSION: Final = 1
 
 
 class Link(BaseModel):
-    """A URL to download one object, valid until ``expires_at``."""
+    """A URL to download one object, valid until ``expires_at`` (``None``: it does not
+    expire, as with a ``file://`` destination)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str
     url: str
-    expires_at: AwareDatetime
+    expires_at: AwareDatetime | None
 
 
 class InstanceLink(Link):
@@ -49,7 +50,7 @@ class LinkSet(BaseModel):
     study_instance_uid: Uid
     manifest_version: int = Field(ge=1)
     created_at: AwareDatetime
-    expires_at: AwareDatetime
+    expires_at: AwareDatetime | None
     manifest: Link
     index: Link
     instances: list[InstanceLink] = Field(default_factory=list)
@@ -65,7 +66,7 @@ async def make_link_set(
     """Fresh links (``expires_in`` seconds, at most 7 days) for everything ``manifest`` lists."""
     check_expiry(expires_in)
     created = now or datetime.now(UTC)
-    expires = created + timedelta(seconds=expires_in)
+    expires = created + timedelta(seconds=expires_in) if destination.links_expire else None
     m_key = manifest_key(manifest.study_instance_uid, manifest.manifest_version)
     instances = manifest.instances
     urls = await asyncio.gather(

@@ -158,7 +158,7 @@ class LogNotifier:
             series=notification.counts.series,
             quarantined=notification.counts.quarantined,
             bytes=notification.counts.bytes,
-            links_expire_at=links.expires_at.isoformat() if links else None,
+            links_expire_at=(links.expires_at.isoformat() if links and links.expires_at else None),
         )
 
 

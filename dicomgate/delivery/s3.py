@@ -165,6 +165,8 @@ def _stored(key: str, size: int, sha256: str | None, response: Mapping[str, Any]
 class S3Destination:
     """A destination in an S3 bucket, under an optional key prefix."""
 
+    links_expire = True
+
     def __init__(
         self,
         bucket: str,

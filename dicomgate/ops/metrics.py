@@ -48,6 +48,17 @@ class Metrics:
         self.studies_delivered = Counter(
             "dicomgate_manifests_published", "Manifest versions published.", registry=r
         )
+        self.notifications_failed = Counter(
+            "dicomgate_notification_failures",
+            "Notifier calls that failed, by notifier and whether the failure is retried.",
+            ["notifier", "retryable"],
+            registry=r,
+        )
+        self.notifications_owed = Gauge(
+            "dicomgate_notifications_owed",
+            "Studies whose latest manifest has not been announced to every notifier yet.",
+            registry=r,
+        )
         self.open_associations = Gauge(
             "dicomgate_associations_open", "Associations open now.", registry=r
         )

@@ -10,7 +10,11 @@ study. The order makes delivery at-least-once without losing anything:
 
 A crash between 3 and 4 leaves ``notified_version < manifest_version``; the tracker finds such
 studies (at start-up too) and announces them, reading manifest N back from the destination.
-Every notification carries ``id = <study>/v<N>`` so a receiver can drop a repeat.
+So does a notification that could not be delivered: retryable failures are retried for
+``retry_for``; after that, or after a permanent refusal, the study stays owed (metric
+``dicomgate_notifications_owed``) and is tried again every ``_OWED_RETRY_S`` and at every start —
+a partner is never silently left without its links. Every notification carries
+``id = <study>/v<N>`` so a receiver can drop a repeat (notifiers that did succeed hear it again).
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ __all__ = ["StudyPublisher"]
 
 log = get_logger(__name__)
 
+#: how often a study whose notification was given up on (retry_for spent, or refused) is tried
+#: again, until it succeeds or the operator fixes the notifier's settings and restarts
+_OWED_RETRY_S = 600.0
+
+
+class NotificationNotDelivered(Exception):  # noqa: N818 - an outcome, carried to the scheduler
+    """Some notifier did not take a notification; the study stays owed."""
+
+    code = "notification-not-delivered"
+
 
 def _dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
@@ -82,7 +96,10 @@ class StudyPublisher:
                 study, now=now, stable_after=self.settings.stable_after, in_flight=in_flight
             ):
                 self._spawn(uid, self._publish(study))
-        for record in self.state.unnotified():
+        owed = self.state.unnotified()
+        if self._metrics is not None:
+            self._metrics.notifications_owed.set(len(owed))
+        for record in owed:
             self._spawn(record.study_instance_uid, self._announce(record))
 
     def _spawn(self, uid: str, work: Coroutine[Any, Any, None]) -> None:
@@ -102,6 +119,9 @@ class StudyPublisher:
             self._not_before.pop(uid, None)
         except asyncio.CancelledError:
             raise
+        except NotificationNotDelivered:  # already logged; tried again later, not forgotten
+            n = self._not_before.get(uid, (0, 0.0))[0] + 1
+            self._not_before[uid] = (n, time.monotonic() + _OWED_RETRY_S)
         except Exception as exc:  # retried by a later tick, with backoff
             n = self._not_before.get(uid, (0, 0.0))[0] + 1
             delay = backoff(n, cap=60.0)
@@ -122,7 +142,8 @@ class StudyPublisher:
             await asyncio.wait(self._tasks.values(), timeout=10)
 
     # -- manifests -------------------------------------------------------------------------------
-    def _pseudo_uid(self, uid: str) -> str:
+    def pseudo_uid(self, uid: str) -> str:
+        """The UID as delivered (unchanged with Retain UIDs)."""
         if DeidOption.RETAIN_UIDS in self.settings.deid_options:
             return uid
         return self._pz.uid(uid)
@@ -139,7 +160,7 @@ class StudyPublisher:
 
     def build_manifest(self, study: StudyProgress, version: int) -> tuple[Manifest, list[int]]:
         """Manifest ``version`` of ``study`` and the ids of the rows it reports."""
-        deid_study = study.deid_study_uid or self._pseudo_uid(study.study_instance_uid)
+        deid_study = study.deid_study_uid or self.pseudo_uid(study.study_instance_uid)
         delivered, held, row_ids = [], [], []
         for r in self.state.manifest_rows(study.study_instance_uid):
             assert r.id is not None
@@ -163,9 +184,9 @@ class StudyPublisher:
             elif r.state == InstanceState.QUARANTINED:
                 held.append(
                     QuarantinedInstance(
-                        sop_instance_uid=r.deid_sop_uid or self._pseudo_uid(r.sop_instance_uid),
+                        sop_instance_uid=r.deid_sop_uid or self.pseudo_uid(r.sop_instance_uid),
                         series_instance_uid=r.deid_series_uid
-                        or self._pseudo_uid(r.series_instance_uid),
+                        or self.pseudo_uid(r.series_instance_uid),
                         sop_class_uid=r.sop_class_uid,
                         stage=r.stage or "pipeline",
                         reason=r.reason or "",
@@ -197,7 +218,7 @@ class StudyPublisher:
         if self._metrics is not None:
             self._metrics.studies_delivered.inc()
         log.info(
-            "study delivered",
+            "study delivered" if manifest.counts.instances else "study reported, nothing delivered",
             study=manifest.study_instance_uid,
             manifest_version=version,
             instances=manifest.counts.instances,
@@ -220,22 +241,33 @@ class StudyPublisher:
         notification = Notification.for_manifest(manifest, self.destination.url, links)
         pending = list(self.notifiers)
         started, attempt = time.monotonic(), 0
+        refused: list[str] = []
         while pending:
             results = await notify_all(pending, notification)
             failed = {n.name: e for n in pending if (e := results[n.name]) is not None}
-            permanent = [name for name, e in failed.items() if not e.retryable]
-            if permanent:
-                log.error("notification refused", manifest_version=version, notifiers=permanent)
+            for name, error in failed.items():
+                if self._metrics is not None:
+                    self._metrics.notifications_failed.labels(
+                        notifier=name, retryable=str(error.retryable).lower()
+                    ).inc()
+            now_refused = [name for name, e in failed.items() if not e.retryable]
+            if now_refused:
+                log.error("notification refused", manifest_version=version, notifiers=now_refused)
+                refused += now_refused
             pending = [n for n in pending if n.name in failed and failed[n.name].retryable]
             if not pending:
                 break
             attempt += 1
             if time.monotonic() - started >= self.settings.retry_for:
-                log.error(
-                    "notification abandoned after retry_for",
-                    manifest_version=version,
-                    notifiers=[n.name for n in pending],
-                )
                 break
             await asyncio.sleep(backoff(attempt, cap=60.0))
+        if pending or refused:
+            log.error(
+                "notification not delivered, study stays owed",
+                study=manifest.study_instance_uid,
+                manifest_version=version,
+                notifiers=sorted({*refused, *(n.name for n in pending)}),
+                next_try_in_s=_OWED_RETRY_S,
+            )
+            raise NotificationNotDelivered
         self.state.mark_notified(study_instance_uid, version)

@@ -135,12 +135,22 @@ def _deidentify(job: _Job) -> _Job:
     return job
 
 
+#: findings quoted in a quarantine reason (status, manifest); the offline command lists all
+_FINDINGS_IN_REASON = 3
+
+
 def _verify(job: _Job) -> _Job:
     assert job.ds is not None and job.out is not None
     findings = verify_no_phi(job.ds, job.out, job.order.deid.profile())
     if findings:
-        # the findings hold the leaked values: count them, never carry them
-        raise Quarantine("verify", f"PHI check failed: {len(findings)} finding(s)")
+        # a finding says what kind of value, from where, found where — never the value
+        where = "; ".join(str(f) for f in findings[:_FINDINGS_IN_REASON])
+        more = len(findings) - _FINDINGS_IN_REASON
+        raise Quarantine(
+            "verify",
+            f"PHI check failed: {len(findings)} finding(s): {where}"
+            + (f"; and {more} more" if more > 0 else ""),
+        )
     return job
 
 
