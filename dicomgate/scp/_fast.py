@@ -493,9 +493,12 @@ class FastAssociation(Association):
 
             # Check for release request from the peer
             if self.is_established and self.acse.is_release_requested():
+                # CHANGED: flagged before the response goes out — the peer closes the
+                # connection as soon as it has it, and the EVT_CONN_CLOSE handler (DUL thread)
+                # must see a release, not an unexplained close
+                self.is_released = True
                 self.acse.send_release(is_response=True)
                 ASSOC_LOGGER.info("Association Released")
-                self.is_released = True
                 self.is_established = False
                 evt.trigger(self, evt.EVT_RELEASED, {})
                 self.kill()

@@ -329,7 +329,19 @@ def _discard_partial_dataset(assoc: Any) -> None:
         log.warning("could not remove a partial dataset file", exc_info=True)
 
 
+def _how_it_ended(assoc: Any, event_says: str) -> str:
+    """One answer for one ending. The association thread (EVT_RELEASED, EVT_ABORTED) and the
+    DUL thread (EVT_CONN_CLOSE) race to report it; whichever comes first reads the flags."""
+    if getattr(assoc, "is_released", False):
+        return "released"
+    acse = getattr(assoc, "acse", None)
+    if getattr(assoc, "is_aborted", False) or (acse is not None and acse.is_aborted()):
+        return "aborted"
+    return event_says
+
+
 def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
+    how = _how_it_ended(event.assoc, how)
     if how != "released":
         _discard_partial_dataset(event.assoc)
     info = scp.forget(event.assoc)
