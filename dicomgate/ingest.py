@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomgate._logging import get_logger
+from dicomgate._tracebacks import safe_traceback
 from dicomgate.checks import HeaderUIDs, Refusal, check_header
 from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool, SpoolFullError, sha256_file
@@ -111,8 +112,9 @@ class Ingest:
                     req, Refusal(Status.OUT_OF_RESOURCES, "no space left on the spool filesystem")
                 )
             except Exception as exc:
-                # No traceback and no message: both can quote the spool path, which is named
-                # after the original SOP Instance UID (promise 2 covers the logs).
+                # No message and no plain traceback: both can quote the spool path, which is
+                # named after the original SOP Instance UID (promise 2 covers the logs).
+                log.error("store failed", traceback=safe_traceback(exc))
                 return self._refuse(
                     req, Refusal(Status.PROCESSING_FAILURE, f"store failed ({_os_error(exc)})")
                 )
@@ -122,7 +124,11 @@ class Ingest:
             try:
                 self._on_stored(outcome.record)
             except Exception as exc:
-                log.error("stored-instance listener failed", error=type(exc).__name__)
+                log.error(
+                    "stored-instance listener failed",
+                    error=type(exc).__name__,
+                    traceback=safe_traceback(exc),
+                )
         return outcome
 
     def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:

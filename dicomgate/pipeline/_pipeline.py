@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomgate._logging import get_logger
+from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
 from dicomgate.deid import DeidConfig
 from dicomgate.delivery import (
@@ -180,8 +181,9 @@ class Pipeline:
         """Run ``step`` forever; an unexpected error is logged and retried, never fatal.
 
         A task that died silently would stall the pipeline (a study that never completes), so
-        every loop goes through here. Only the exception's type is logged: messages can quote
-        spool paths, which carry original UIDs.
+        every loop goes through here. The exception is logged as a :func:`safe_traceback`
+        (types and frames, no messages: they can quote values and spool paths named after
+        original UIDs).
         """
         failures = 0
         while not (until_stopping and self._stopping):
@@ -197,6 +199,7 @@ class Pipeline:
                     "pipeline step failed, will retry",
                     task=name,
                     error=type(exc).__name__,
+                    traceback=safe_traceback(exc),
                     in_s=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
@@ -320,7 +323,12 @@ class Pipeline:
         except BrokenProcessPool:
             return self._worker_crashed(rec, pool)
         except Exception as exc:  # a bug in a stage: keep the instance, say why
-            log.error("processing failed", row=rec.id, error=type(exc).__name__)
+            log.error(
+                "processing failed",
+                row=rec.id,
+                error=type(exc).__name__,
+                traceback=safe_traceback(exc),
+            )
             self._quarantine(rec, stage="process", reason=type(exc).__name__)
             return False
         return await self._record(rec, result)

@@ -27,6 +27,7 @@ from typing import Any
 
 from dicomgate import __version__
 from dicomgate._logging import get_logger
+from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import DeidOption, Settings
 from dicomgate.delivery import (
     DeidInfo,
@@ -126,11 +127,12 @@ class StudyPublisher:
             n = self._not_before.get(uid, (0, 0.0))[0] + 1
             delay = backoff(n, cap=60.0)
             self._not_before[uid] = (n, time.monotonic() + delay)
-            # type and code only: exception texts may quote paths named after original UIDs
+            # no exception text: it may quote paths named after original UIDs
             log.warning(
                 "study publication failed, will retry",
                 error=type(exc).__name__,
                 code=getattr(exc, "code", None),
+                traceback=safe_traceback(exc),
                 attempt=n,
                 in_s=round(delay, 2),
             )
