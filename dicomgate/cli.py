@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from dicomgate.config import Settings, SettingsError, load_settings
+from dicomgate.config import (
+    CONFIG_ENV,
+    ECHO_AET_ENV,
+    Settings,
+    SettingsError,
+    load_settings,
+    unknown_environment,
+)
 
 __all__ = ["main"]
 
@@ -17,7 +24,7 @@ _config_option = click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    envvar="DICOMGATE_CONFIG",
+    envvar=CONFIG_ENV,
     help="TOML settings file (environment variables and flags override it).",
 )
 _data_dir_option = click.option(
@@ -25,13 +32,33 @@ _data_dir_option = click.option(
 )
 
 
-def settings_or_exit(config_file: Path | None, **overrides: Any) -> Settings:
-    """Load settings; on an invalid one print the message naming it and exit with status 2."""
+def settings_or_exit(
+    config_file: Path | None,
+    *,
+    flag_names: dict[str, str] | None = None,
+    warn_environment: bool = True,
+    **overrides: Any,
+) -> Settings:
+    """Load settings; on an invalid one print the message naming it and exit with status 2.
+
+    ``overrides`` are the command's flags, by setting name; an invalid one is reported as the
+    flag (``--data-dir``), which ``flag_names`` spells when it is not the setting's name with
+    dashes.  Unknown ``DICOMGATE_*`` variables are warned about on stderr, unless the caller
+    logs them itself (``serve``: its stderr is the structured log).
+    """
+    names = {k: "--" + k.replace("_", "-") for k in overrides} | (flag_names or {})
     try:
-        return load_settings(config_file, **overrides)
+        settings = load_settings(config_file, flag_names=names, **overrides)
     except SettingsError as exc:
-        click.echo(f"dicomgate: {exc}", err=True)
+        for warning in unknown_environment():
+            click.echo(f"dicomgate: warning: {warning}", err=True)
+        for line in str(exc).splitlines():
+            click.echo(f"dicomgate: {line}", err=True)
         sys.exit(2)
+    if warn_environment:
+        for warning in unknown_environment():
+            click.echo(f"dicomgate: warning: {warning}", err=True)
+    return settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,22 +80,48 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     """Run the node: the DICOM SCP (C-ECHO, C-STORE) and the delivery pipeline."""
     from dicomgate.node import run_node
 
-    settings = settings_or_exit(config_file, **flags)
-    sys.exit(run_node(settings))
+    settings = settings_or_exit(config_file, warn_environment=False, **flags)
+    sys.exit(run_node(settings, warnings=unknown_environment()))
 
 
 @main.command()
 @click.argument("host")
 @click.argument("port", type=int)
-@click.option("--aet", default="DICOMGATE_SCU", show_default=True, help="Our (calling) AE title.")
-@click.option("--aec", default="DICOMGATE", show_default=True, help="The called AE title.")
+@click.option(
+    "--aet",
+    envvar=ECHO_AET_ENV,
+    default="DICOMGATE_SCU",
+    show_default=True,
+    help=f"Our (calling) AE title [${ECHO_AET_ENV}]; a node with allowed_calling_ae_titles "
+    "must list it.",
+)
+@click.option("--aec", help="The called AE title [the ae_title setting: DICOMGATE].")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
-def echo(host: str, port: int, aet: str, aec: str, timeout: float) -> None:
-    """Send a C-ECHO; exit status 0 on success, 1 otherwise (for health checks)."""
+@_config_option
+def echo(
+    host: str, port: int, aet: str, aec: str | None, timeout: float, config_file: Path | None
+) -> None:
+    """Send a C-ECHO; exit status 0 on success, 1 otherwise (for health checks).
+
+    The defaults come from the node's settings (--config, DICOMGATE_* variables), so a health
+    check run beside the node addresses it by its own AE title.
+    """
     from dicomgate.scp import echo as send_echo
 
-    ok, message = send_echo(host, port, calling_ae=aet, called_ae=aec, timeout=timeout)
+    settings = settings_or_exit(config_file)
+    called = aec or settings.ae_title
+    ok, message = send_echo(host, port, calling_ae=aet, called_ae=called, timeout=timeout)
     click.echo(message, err=not ok)
+    allowed = settings.allowed_calling_ae_titles
+    if not ok and allowed and aet.strip() not in allowed:
+        # The usual cause of a failing health check on a locked-down node (PS3.8 Table 9-21
+        # reason 3, calling AE title not recognised): say what to change.
+        click.echo(
+            f"dicomgate: the calling AE title {aet} is not in allowed_calling_ae_titles "
+            f"({', '.join(allowed)}); pass --aet or set {ECHO_AET_ENV} to one of them, "
+            "or add it to the list",
+            err=True,
+        )
     sys.exit(0 if ok else 1)
 
 

@@ -5,16 +5,23 @@ file named by ``--config`` (or ``DICOMGATE_CONFIG``), the defaults below.  Every
 environment name is ``DICOMGATE_`` + its field name in upper case; lists are JSON
 (``DICOMGATE_ALLOWED_CALLING_AE_TITLES='["CT1","PACS"]'``), as pydantic-settings reads them.
 
-An invalid value stops start-up with :class:`SettingsError`, whose message names the setting by
-its environment variable so an operator can find it.
+An invalid value stops start-up with :class:`SettingsError`, whose message names the setting the
+way the operator typed it: the flag (``--port``), the environment variable (``DICOMGATE_PORT``)
+or the file and key (``gate.toml:port``), whichever supplied the value.  An unknown key in the
+TOML file is an error (a typo must not fall back to a default silently); an unknown
+``DICOMGATE_*`` variable cannot be an error (the environment is shared with other software), so
+:func:`unknown_environment` turns it into a warning with the closest valid name.
 """
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -37,9 +44,22 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
-__all__ = ["DeidOption", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "CONFIG_ENV",
+    "ECHO_AET_ENV",
+    "DeidOption",
+    "Settings",
+    "SettingsError",
+    "env_name",
+    "load_settings",
+    "unknown_environment",
+]
 
 ENV_PREFIX = "DICOMGATE_"
+# Variables the project reads outside the settings model (never "unknown").
+CONFIG_ENV = "DICOMGATE_CONFIG"  # the TOML file (click's --config)
+ECHO_AET_ENV = "DICOMGATE_ECHO_AET"  # dicomgate echo's calling AE title (the health check)
+OTHER_ENV_VARS = frozenset({CONFIG_ENV, ECHO_AET_ENV})
 
 # The TOML file for the settings being built; a ContextVar rather than a global so that
 # loading settings in tests never leaks a file into the next load.
@@ -76,6 +96,23 @@ def _check_ae_title(value: str, setting: str) -> str:
     if not title.isascii() or "\\" in title or any(ord(c) < 0x20 for c in title):
         raise ValueError(f"{setting} may hold only printable ASCII without '\\', got {value!r}")
     return title
+
+
+def _network(item: Any, index: int) -> Any:
+    if not isinstance(item, str):
+        return item
+    try:
+        return ipaddress.ip_network(item.strip())
+    except ValueError:
+        pass
+    hint = "a network in CIDR notation, e.g. 10.20.0.0/16 or 2001:db8::/32"
+    try:
+        loose = ipaddress.ip_network(item.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"item {index}: {item!r} is not {hint}") from None
+    raise ValueError(
+        f"item {index}: {item!r} has host bits set; the network is {loose} ({hint})"
+    ) from None
 
 
 class Settings(BaseSettings):
@@ -229,6 +266,15 @@ class Settings(BaseSettings):
     def _calling(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "allowed_calling_ae_titles") for v in value]
 
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        # Parsed here so that a typo gets a sentence, not pydantic's union internals
+        # ("lax-or-strict[lax=function-plain[ip_v4_network_validator()]..."), one per IP version.
+        if not isinstance(value, list | tuple):
+            return value  # pydantic says "Input should be a valid list"
+        return [_network(item, i) for i, item in enumerate(value)]
+
     @field_validator("max_pdu_size")
     @classmethod
     def _pdu(cls, value: int) -> int:
@@ -291,40 +337,144 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
-def _describe(exc: ValidationError) -> str:
-    lines = []
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name``: ``port`` -> ``DICOMGATE_PORT``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _closest(word: str, candidates: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning sentence per ``DICOMGATE_*`` variable that no setting reads.
+
+    pydantic-settings ignores them, so ``DICOMGATE_AE_TITEL`` would leave the default in place
+    without a word.  Matched without regard to case, as the settings themselves are.
+    """
+    env = os.environ if environ is None else environ
+    known = sorted({env_name(f) for f in Settings.model_fields} | OTHER_ENV_VARS)
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        # compared without the prefix, which every candidate shares and would make anything
+        # look "close"
+        tail = _closest(upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known])
+        guess = ENV_PREFIX + tail if tail else None
+        hint = f"; did you mean {guess}?" if guess else " (no dicomgate setting has this name)"
+        warnings.append(f"unknown environment variable {name} is ignored{hint}")
+    return warnings
+
+
+def _unknown_toml_keys(config_file: Path, data: Mapping[str, Any]) -> list[str]:
+    fields = sorted(Settings.model_fields)
+    errors = []
+    for key, value in data.items():
+        if key.lower() in Settings.model_fields:
+            continue
+        if isinstance(value, dict):
+            errors.append(
+                f"{config_file}:{key}: unknown table [{key}]; settings are top-level keys "
+                "(remove the table header)"
+            )
+            continue
+        guess = _closest(key.lower(), fields)
+        hint = f"; did you mean {guess}?" if guess else ""
+        errors.append(f"{config_file}:{key}: unknown setting{hint}")
+    return errors
+
+
+class _Sources:
+    """Where each setting's value came from, to name it as the operator typed it."""
+
+    def __init__(
+        self,
+        flags: Mapping[str, str],
+        config_file: Path | None,
+        toml_keys: Mapping[str, str],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.flags = flags
+        self.config_file = config_file
+        self.toml_keys = toml_keys  # lower-case field name -> key as written
+        self.env = {k.upper() for k in environ}
+
+    def where(self, name: str) -> str:
+        # Same precedence as the sources: flag, environment, file; else the default (or a
+        # value set by code), which an operator would change through the variable.
+        if name in self.flags:
+            return f"{self.flags[name]} ({name})"
+        if env_name(name) in self.env:
+            return f"{env_name(name)} ({name})"
+        if self.config_file is not None and name in self.toml_keys:
+            return f"{self.config_file}:{self.toml_keys[name]}"
+        return f"{env_name(name)} ({name})"
+
+
+def _describe(exc: ValidationError, sources: _Sources) -> str:
+    lines: list[str] = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        # Keep the field name, list indexes and map keys; drop pydantic's validator names
+        # ("lax-or-strict[...]", "function-after[...]"), which mean nothing to an operator.
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)]
         name = loc[0] if loc else ""
-        where = f"{ENV_PREFIX}{name.upper()} ({name})" if name else "settings"
+        where = sources.where(name) if name else "settings"
         if len(loc) > 1:
             where += f" item {'.'.join(loc[1:])}"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"invalid setting {where}: {msg}")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        line = f"invalid setting {where}: {msg}"
+        if line not in lines:
+            lines.append(line)
     return "\n".join(lines)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; ``overrides`` (CLI flags) win, ``None`` values are ignored."""
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings; ``overrides`` (CLI flags) win, ``None`` values are ignored.
+
+    ``flag_names`` maps an override to the flag it came from (``data_dir`` -> ``--data-dir``)
+    so that an invalid value is reported under the name the operator typed.
+    """
+    toml_keys: dict[str, str] = {}
     if config_file is not None:
         if not config_file.is_file():
             raise SettingsError(f"config file not found: {config_file}")
         try:
             with config_file.open("rb") as f:
-                tomllib.load(f)
+                data = tomllib.load(f)
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        unknown = _unknown_toml_keys(config_file, data)
+        if unknown:
+            raise SettingsError("\n".join(unknown))
+        toml_keys = {k.lower(): k for k in data}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    sources = _Sources(
+        {k: v for k, v in (flag_names or {}).items() if k in given},
+        config_file,
+        toml_keys,
+        os.environ,
+    )
     token = _TOML_FILE.set(config_file)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        raise SettingsError(_describe(exc, sources)) from None
     except PydanticSettingsError as exc:
         # pydantic-settings fails this way when a list/dict variable is not valid JSON
         m = re.search(r'field "(\w+)"', str(exc))
         name = m.group(1) if m else "?"
         raise SettingsError(
-            f"invalid setting {ENV_PREFIX}{name.upper()} ({name}): not valid JSON "
+            f"invalid setting {env_name(name)} ({name}): not valid JSON "
             '(lists are JSON, e.g. \'["CT1", "PACS"]\')'
         ) from None
     finally:

@@ -5,6 +5,11 @@
 Threads: pynetdicom runs the listener and one thread per association; the pipeline runs on an
 asyncio loop in its own thread (:class:`~dicomgate.pipeline.LoopThread`); the main thread only
 waits for signals.
+
+Start-up either ends with one ``node started`` line saying what this node is (version, bound
+addresses, data directory, destination, ``stable_after``, where the key came from) or fails
+with a :class:`StartupError` naming the setting to change (``--port`` / ``DICOMGATE_PORT``,
+``DICOMGATE_OPS_PORT``, ``--data-dir`` / ``DICOMGATE_DATA_DIR``).
 """
 
 from __future__ import annotations
@@ -13,31 +18,91 @@ import fcntl
 import functools
 import os
 import signal
+import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterable
 from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
 
 import pynetdicom.dimse_messages
 
+from dicomgate import __version__
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.ingest import Ingest
 from dicomgate.ops import Metrics, OpsServer
 from dicomgate.pipeline import LoopThread, Pipeline
-from dicomgate.pseudonym import Pseudonymizer, key_for
+from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.spool import Spool
 from dicomgate.state import InstanceRecord, StateStore
 
-__all__ = ["Node", "run_node"]
+__all__ = ["DataDirInUseError", "Node", "StartupError", "run_node"]
 
 log = get_logger(__name__)
 
 
-class DataDirInUseError(RuntimeError):
+class StartupError(RuntimeError):
+    """The node cannot start; the message is one sentence naming the setting to change."""
+
+
+class DataDirInUseError(StartupError):
     """Another dicomgate process holds the data directory."""
+
+
+_DATA_DIR_SETTING = "--data-dir / DICOMGATE_DATA_DIR"
+
+
+def _data_dir_error(settings: Settings, exc: OSError | sqlite3.Error) -> StartupError:
+    """The data directory cannot be used: say which one and which setting names it.
+
+    Only the data directory and the OS's reason are quoted, never ``exc.filename``: the failing
+    file may be in the spool, whose names are original SOP Instance UIDs.
+    """
+    path = settings.data_dir.absolute()
+    if isinstance(exc, sqlite3.Error):
+        why = f"the state store cannot be opened ({exc})"
+    elif isinstance(exc, FileExistsError) or (path.exists() and not path.is_dir()):
+        why = "it exists and is not a directory"
+    else:
+        why = (exc.strerror or type(exc).__name__).lower()
+    return StartupError(f"cannot use data directory {path} ({_DATA_DIR_SETTING}): {why}")
+
+
+def _bind_error(what: str, host: str, port: int, setting: str, exc: OSError) -> StartupError:
+    why = (exc.strerror or type(exc).__name__).lower()
+    return StartupError(f"cannot listen for {what} on {_address(host, port)} ({setting}): {why}")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without userinfo (``user:secret@``) and without a query (it may hold a token):
+    neither ``s3://`` nor ``file://`` destinations need them to be recognised in a log."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _key_fields(key: SecretKey) -> dict[str, str]:
+    """How the start-up line tells where the pseudonymization key came from."""
+    if key.origin == "setting":
+        return {"secret_key": "loaded from DICOMGATE_SECRET_KEY (or the config file)"}
+    where = str(key.path.absolute()) if key.path is not None else "?"
+    if key.origin == "key_file":
+        return {"secret_key": "loaded from DICOMGATE_SECRET_KEY_FILE", "secret_key_path": where}
+    if key.origin == "data_dir":
+        return {"secret_key": "loaded from the data directory", "secret_key_path": where}
+    return {
+        "secret_key": "generated: back this file up; without it the same patients get "
+        "new pseudonyms",
+        "secret_key_path": where,
+    }
 
 
 def _receive_into(directory: str) -> None:
@@ -58,7 +123,8 @@ class Node:
 
     def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
         self.settings = settings
-        self.key = key_for(settings)
+        self.secret_key = self._load_key()
+        self.key = self.secret_key.value
         self.pseudonymizer = Pseudonymizer(self.key)
         self.spool = Spool(
             settings.spool_dir,
@@ -75,6 +141,23 @@ class Node:
         self._lock_fd: int | None = None
         self.ops: OpsServer | None = None
 
+    def _load_key(self) -> SecretKey:
+        s = self.settings
+        try:
+            key = secret_key_for(s)
+            Pseudonymizer(key.value)  # refuses a key too short to be one
+        except OSError as exc:
+            if s.secret_key is None and s.secret_key_file is not None:
+                why = (exc.strerror or type(exc).__name__).lower()
+                raise StartupError(
+                    f"cannot read the secret key file {s.secret_key_file} "
+                    f"(DICOMGATE_SECRET_KEY_FILE): {why}"
+                ) from None
+            raise _data_dir_error(s, exc) from None
+        except ValueError as exc:
+            raise StartupError(f"unusable secret key: {exc}") from None
+        return key
+
     def on_stored(self, record: InstanceRecord) -> None:
         """Called in an association thread once an instance is durable and recorded."""
         if self.pipeline is not None and self.loop_thread is not None:
@@ -89,15 +172,19 @@ class Node:
     def _lock_data_dir(self) -> None:
         """One node per data directory: two would pick the same version numbers and rename
         over each other's acknowledged files."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.settings.data_dir / "dicomgate.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            path = self.settings.data_dir / "dicomgate.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _data_dir_error(self.settings, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise DataDirInUseError(
-                f"{self.settings.data_dir} is in use by another dicomgate process"
+                f"data directory {self.settings.data_dir.absolute()} ({_DATA_DIR_SETTING}) "
+                "is in use by another dicomgate process"
             ) from None
         self._lock_fd = fd
 
@@ -110,9 +197,16 @@ class Node:
 
     def _start(self) -> tuple[str, int]:
         self._lock_data_dir()
-        self.spool.prepare()
-        self.state = StateStore.open(self.settings.state_path)
+        try:
+            self.spool.prepare()
+            self.state = StateStore.open(self.settings.state_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise _data_dir_error(self.settings, exc) from None
         self.reconcile_report = reconcile(self.spool, self.state)
+        # The ops port is bound before the DICOM listener announces itself, so a busy ops port
+        # is the only error, not one that follows a "listening" line pointing the wrong way.
+        if self.settings.ops_enabled:
+            self._bind_ops()
         if self.with_pipeline:
             self.loop_thread = LoopThread()
             self.loop_thread.start()
@@ -132,34 +226,73 @@ class Node:
         _receive_into(str(self.spool.incoming))
         ingest = Ingest(self.spool, self.state, self.pseudonymizer, on_stored=self.on_stored)
         self.scp = StoreSCP(self.settings, ingest, self.metrics)
-        address = self.scp.start()
-        if self.settings.ops_enabled:
+        s = self.settings
+        try:
+            address = self.scp.start()
+        except OSError as exc:
+            raise _bind_error(
+                "DICOM", s.host, s.port, "--host / --port, DICOMGATE_HOST / DICOMGATE_PORT", exc
+            ) from None
+        if self.ops is not None:
             self._start_ops()
+        self._announce(address)
         return address
 
+    def _announce(self, address: tuple[str, int]) -> None:
+        """The one line that says what this node is, for whoever reads the log first."""
+        s = self.settings
+        ops = _address(*self.ops.address) if self.ops is not None else "disabled"
+        fields: dict[str, object] = {
+            "version": __version__,
+            "listen": _address(*address),
+            "ae_title": s.ae_title,
+            "ops": ops,
+            "data_dir": str(s.data_dir.absolute()),
+            "destination": _without_credentials(s.destination_url),
+            "stable_after": s.stable_after,
+            **_key_fields(self.secret_key),
+        }
+        if s.s3_endpoint_url:
+            fields["s3_endpoint_url"] = _without_credentials(s.s3_endpoint_url)
+        log.info("node started", **fields)
+
+    def _bind_ops(self) -> None:
+        s = self.settings
+
+        def ready() -> str | None:
+            scp = self.scp
+            if scp is None or not scp.accepting:
+                return "not accepting associations"
+            return self.spool.check_room()
+
+        assert self.state is not None
+        try:
+            self.ops = OpsServer(
+                s.ops_host,
+                s.ops_port,
+                metrics=self.metrics,
+                ready=ready,
+                studies=self.state.status_report,
+            )
+        except OSError as exc:
+            raise _bind_error(
+                "the ops endpoint",
+                s.ops_host,
+                s.ops_port,
+                "DICOMGATE_OPS_HOST / DICOMGATE_OPS_PORT; DICOMGATE_OPS_ENABLED=false turns it off",
+                exc,
+            ) from None
+
     def _start_ops(self) -> None:
-        state, scp, spool = self.state, self.scp, self.spool
-        assert state is not None and scp is not None
+        state, scp, spool, ops = self.state, self.scp, self.spool, self.ops
+        assert state is not None and scp is not None and ops is not None
         self.metrics.watch(
             open_associations=lambda: len(scp.open_associations()),
             spool_bytes=lambda: spool.usage().bytes_used,
             spool_limit=spool.limit,
             backlog=state.backlog,
         )
-
-        def ready() -> str | None:
-            if not scp.accepting:
-                return "not accepting associations"
-            return spool.check_room()
-
-        self.ops = OpsServer(
-            self.settings.ops_host,
-            self.settings.ops_port,
-            metrics=self.metrics,
-            ready=ready,
-            studies=state.status_report,
-        )
-        self.ops.start()
+        ops.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Ordered shutdown (STYLE 6)."""
@@ -189,14 +322,23 @@ class Node:
             self._lock_fd = None
 
 
-def run_node(settings: Settings) -> int:
-    """Run until SIGTERM/SIGINT; return the process exit status."""
+def run_node(settings: Settings, *, warnings: Iterable[str] = ()) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit status.
+
+    ``warnings`` (unknown ``DICOMGATE_*`` variables) are logged once logging is set up, so a
+    JSON-format node's stderr stays JSON.
+    """
     configure_logging(settings.log_level, settings.log_format)
+    for warning in warnings:
+        log.warning(warning)
     try:
         node = Node(settings)
         node.start()
-    except (OSError, ValueError, DataDirInUseError) as exc:  # port taken, bad key, dir locked
+    except (StartupError, ValueError) as exc:  # port taken, data dir unusable or locked, key
         log.error("cannot start", error=str(exc))
+        return 2
+    except OSError as exc:  # not the file name: it may be a spool path (an original UID)
+        log.error("cannot start", error=exc.strerror or type(exc).__name__)
         return 2
     except Exception as exc:  # anything else: say what, without a traceback full of paths
         log.error("cannot start", error=type(exc).__name__)

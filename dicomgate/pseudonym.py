@@ -10,13 +10,21 @@ import hashlib
 import hmac
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from dicomgate.config import Settings
 
-__all__ = ["Pseudonymizer", "key_for", "load_or_create_key"]
+__all__ = [
+    "Pseudonymizer",
+    "SecretKey",
+    "key_for",
+    "load_key",
+    "load_or_create_key",
+    "secret_key_for",
+]
 
 KEY_FILE_NAME = "secret.key"
 
@@ -56,22 +64,39 @@ class Pseudonymizer:
         return self.uid(uid)
 
 
-def load_or_create_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> bytes:
+KeyOrigin = Literal["setting", "key_file", "data_dir", "generated"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    """The key and where it came from, so start-up can say which (and what to back up).
+
+    ``origin``: ``setting`` (``secret_key``, from the environment or the config file),
+    ``key_file`` (``secret_key_file``), ``data_dir`` (loaded from ``<data_dir>/secret.key``) or
+    ``generated`` (just written there).  ``path`` is the file for the last three.
+    """
+
+    value: bytes = field(repr=False)
+    origin: KeyOrigin
+    path: Path | None = None
+
+
+def load_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> SecretKey:
     """Return the key from settings, or from a file, or generate one kept in ``data_dir``.
 
     A generated key is written once with mode 0600: losing it means new pseudonyms for the same
     patients, so it lives beside the state it belongs to.
     """
     if key is not None:
-        return key.encode("utf-8")
+        return SecretKey(key.encode("utf-8"), "setting")
     if key_file is not None:
         data = key_file.read_bytes().strip()
         if len(data) < 32:
             raise ValueError(f"secret key file {key_file} holds fewer than 32 bytes")
-        return data
+        return SecretKey(data, "key_file", key_file)
     path = data_dir / KEY_FILE_NAME
     if path.exists():
-        return path.read_bytes().strip()
+        return SecretKey(path.read_bytes().strip(), "data_dir", path)
     data_dir.mkdir(parents=True, exist_ok=True)
     new = secrets.token_hex(32).encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -80,13 +105,24 @@ def load_or_create_key(*, key: str | None, key_file: Path | None, data_dir: Path
         os.fsync(fd)
     finally:
         os.close(fd)
-    return new
+    return SecretKey(new, "generated", path)
 
 
-def key_for(settings: Settings) -> bytes:
-    """The key the node and ``dicomgate deidentify`` use under ``settings`` (one source)."""
-    return load_or_create_key(
+def load_or_create_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> bytes:
+    """:func:`load_key`, the bytes only."""
+    return load_key(key=key, key_file=key_file, data_dir=data_dir).value
+
+
+def secret_key_for(settings: Settings) -> SecretKey:
+    """The key the node and ``dicomgate deidentify`` use under ``settings`` (one source),
+    with its origin."""
+    return load_key(
         key=settings.secret_key.get_secret_value() if settings.secret_key else None,
         key_file=settings.secret_key_file,
         data_dir=settings.data_dir,
     )
+
+
+def key_for(settings: Settings) -> bytes:
+    """:func:`secret_key_for`, the bytes only."""
+    return secret_key_for(settings).value

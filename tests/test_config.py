@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from dicomgate.config import SettingsError, load_settings
+from dicomgate.config import SettingsError, load_settings, unknown_environment
 
 
 def test_defaults() -> None:
@@ -107,3 +110,122 @@ def test_example_config_files_load() -> None:
     assert examples, "config/ should hold example files"
     for example in examples:
         load_settings(example)
+
+
+# -- errors name what the operator typed (issue 11, item 10) --------------------------------------
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``dicomgate ARGS`` with only the given DICOMGATE_* variables (none from this session)."""
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("DICOMGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dicomgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **(env or {})},
+    )
+
+
+def test_unknown_environment_variable_warns_with_the_closest_name() -> None:
+    """A misspelt DICOMGATE_* variable is named with the closest valid one; the variables the
+    project reads outside the settings model are not "unknown"."""
+    warnings = unknown_environment(
+        {
+            "DICOMGATE_AE_TITEL": "GATE",
+            "dicomgate_stable_aftr": "5",
+            "DICOMGATE_CONFIG": "/etc/dicomgate.toml",
+            "DICOMGATE_ECHO_AET": "HEALTH",
+            "DICOMGATE_PORT": "11112",
+            "HOME": "/root",
+        }
+    )
+    assert warnings == [
+        "unknown environment variable DICOMGATE_AE_TITEL is ignored; "
+        "did you mean DICOMGATE_AE_TITLE?",
+        "unknown environment variable dicomgate_stable_aftr is ignored; "
+        "did you mean DICOMGATE_STABLE_AFTER?",
+    ]
+    [far] = unknown_environment({"DICOMGATE_XYZZY": "1"})
+    assert "did you mean" not in far and "DICOMGATE_XYZZY" in far
+
+
+def test_unknown_environment_variable_is_reported_by_the_command(tmp_path: Path) -> None:
+    """``dicomgate status`` with DICOMGATE_AE_TITEL set says so on stderr (and still works)."""
+    result = _cli("status", "--data-dir", str(tmp_path), env={"DICOMGATE_AE_TITEL": "GATE"})
+    assert "DICOMGATE_AE_TITEL is ignored; did you mean DICOMGATE_AE_TITLE?" in result.stderr
+    assert "no state store" in result.stderr  # the command itself ran
+
+
+def test_unknown_toml_key_names_file_and_key(tmp_path: Path) -> None:
+    """A misspelt TOML key is reported as FILE:key with the closest key, and a [dicomgate]
+    table as a table, never as a DICOMGATE_* variable."""
+    toml = tmp_path / "gate.toml"
+    toml.write_text("stable_afterr = 5\n[dicomgate]\nport = 11113\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(toml)
+    message = str(err.value)
+    assert f"{toml}:stable_afterr: unknown setting; did you mean stable_after?" in message
+    assert f"{toml}:dicomgate: unknown table [dicomgate]" in message
+    assert "DICOMGATE_" not in message
+
+
+def test_bad_toml_value_names_file_and_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value from the file names FILE:key; the same key from the environment (which wins)
+    names the variable."""
+    monkeypatch.delenv("DICOMGATE_PORT", raising=False)
+    toml = tmp_path / "gate.toml"
+    toml.write_text('port = "eleven"\n')
+    with pytest.raises(SettingsError, match=rf"^invalid setting {re.escape(str(toml))}:port: "):
+        load_settings(toml)
+    monkeypatch.setenv("DICOMGATE_PORT", "twelve")
+    with pytest.raises(SettingsError, match=r"^invalid setting DICOMGATE_PORT \(port\): "):
+        load_settings(toml)
+
+
+@pytest.mark.parametrize(
+    ("network", "says"),
+    [
+        ("10.0.0.0/33", "'10.0.0.0/33' is not a network in CIDR notation"),
+        ("10.20.0.1/16", "'10.20.0.1/16' has host bits set; the network is 10.20.0.0/16"),
+        ("CT-room", "'CT-room' is not a network in CIDR notation"),
+    ],
+)
+def test_bad_cidr_is_one_plain_sentence(
+    monkeypatch: pytest.MonkeyPatch, network: str, says: str
+) -> None:
+    """A bad network is one line naming the variable and the value, without pydantic's
+    validator names (``lax-or-strict[lax=function-plain[ip_v4_network_validator()]...``)."""
+    monkeypatch.setenv("DICOMGATE_ALLOWED_NETWORKS", json.dumps(["192.168.0.0/24", network]))
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert message.startswith("invalid setting DICOMGATE_ALLOWED_NETWORKS (allowed_networks)")
+    assert "item 1" in message and says in message
+    assert "\n" not in message and "lax" not in message and "[" not in message.split(":")[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--port", "99999"], "--port (port)"),
+        (["--ae-title", "A_TITLE_LONGER_THAN_16"], "--ae-title (ae_title)"),
+        (["--destination", "ftp://nowhere"], "--destination (destination)"),
+    ],
+)
+def test_flag_value_error_names_the_flag(tmp_path: Path, args: list[str], named: str) -> None:
+    """A bad flag value is reported under the flag, not the environment variable; exit 2,
+    no traceback."""
+    result = _cli("serve", "--data-dir", str(tmp_path), *args)
+    assert result.returncode == 2
+    assert f"dicomgate: invalid setting {named}:" in result.stderr
+    assert "DICOMGATE_" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_reports_a_bad_config_file_key(tmp_path: Path) -> None:
+    """``serve --config`` with a typo stops with FILE:key, exit 2, no traceback."""
+    toml = tmp_path / "gate.toml"
+    toml.write_text("stable_afterr = 5\n")
+    result = _cli("serve", "--config", str(toml), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert f"dicomgate: {toml}:stable_afterr: unknown setting" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()

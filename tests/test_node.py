@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from pydicom import dcmread
 
+import dicomgate
 from dicomgate.testing import CT_PHI, write_ct_study
-from tests.helpers import associate, send_files, serve_process, start_node, storescu
+from tests.helpers import (
+    associate,
+    send_files,
+    serve_process,
+    start_node,
+    stop_process,
+    storescu,
+)
 
 
 def _status(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -204,3 +217,135 @@ def test_reconcile_stale_copy_of_purged_instance(tmp_path: Path) -> None:
         assert n.node.state is not None
         [again] = n.node.state.instances()
         assert again.spool_path == rec.spool_path and stale.exists()
+
+
+# -- start-up says what it is, or which setting stops it (issue 11, items 9 and 11) ---------------
+def _serve(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int | None, list[dict[str, Any]], str]:
+    """Run ``dicomgate serve`` (JSON logs, only the given DICOMGATE_* variables) until it has
+    started or exited; stop it; return (exit status if it exited by itself, events, stderr)."""
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("DICOMGATE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dicomgate", "serve", "--host", "127.0.0.1", "--data-dir",
+         str(data_dir), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean, "DICOMGATE_LOG_FORMAT": "json", "DICOMGATE_MIN_FREE_SPACE": "0",
+             "DICOMGATE_OPS_PORT": "0", **(env or {})},
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read(stream: IO[str]) -> None:
+        for line in stream:
+            lines.append(line)
+            if '"node started"' in line:
+                started.set()
+        started.set()  # EOF: the node exited
+
+    reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
+    reader.start()
+    started.wait(timeout)
+    try:
+        code: int | None = proc.wait(0.5)  # it exited by itself (the error cases)
+    except subprocess.TimeoutExpired:
+        code = None
+        stop_process(proc)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of its group (pool helpers)
+    reader.join(10)
+    proc.stderr.close()
+    # Only the log's lines: multiprocessing's resource tracker may add a plain-text warning
+    # when a node is stopped right after starting its pool (not these tests' subject).
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    return code, events, "".join(lines)
+
+
+def _busy_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def test_start_line_says_what_the_node_is(tmp_path: Path) -> None:
+    """One ``node started`` line: version, bound addresses, data directory, destination
+    without credentials, stable_after, and the key: generated (with the file to back up),
+    then loaded from the data directory at the next start."""
+    data = tmp_path / "data"
+    env = {
+        "DICOMGATE_STABLE_AFTER": "7",
+        "DICOMGATE_DESTINATION": "s3://AKIDEXAMPLE:s3cr3t@bucket/prefix",
+        "DICOMGATE_S3_ENDPOINT_URL": "http://127.0.0.1:9",  # never contacted at start-up
+        "DICOMGATE_AE_TITEL": "GATE",
+    }
+    code, events, _ = _serve(data, "--port", "0", env=env)
+    assert code is None, "the node should have started"
+    [warning] = [e for e in events if e["level"] == "warning"]
+    assert "DICOMGATE_AE_TITEL is ignored; did you mean DICOMGATE_AE_TITLE?" in warning["event"]
+    [started] = [e for e in events if e["event"] == "node started"]
+    [listening] = [e for e in events if e["event"] == "listening"]
+    [ops] = [e for e in events if e["event"] == "ops endpoint listening"]
+    assert started["version"] == dicomgate.__version__
+    assert started["listen"] == f"127.0.0.1:{listening['port']}"
+    assert started["ops"] == f"127.0.0.1:{ops['port']}"
+    assert started["data_dir"] == str(data.absolute())
+    assert started["destination"] == "s3://bucket/prefix"
+    assert "s3cr3t" not in json.dumps(started) and "AKIDEXAMPLE" not in json.dumps(started)
+    assert started["stable_after"] == 7
+    assert started["secret_key"].startswith("generated: back this file up")
+    assert started["secret_key_path"] == str((data / "secret.key").absolute())
+
+    code, events, _ = _serve(data, "--port", "0", env={"DICOMGATE_OPS_ENABLED": "false"})
+    [started] = [e for e in events if e["event"] == "node started"]
+    assert started["secret_key"] == "loaded from the data directory"
+    assert started["ops"] == "disabled"
+    assert started["destination"] == (data / "delivered").resolve().as_uri()
+
+
+def test_busy_dicom_port_names_the_setting(tmp_path: Path) -> None:
+    """A taken DICOM port: one error naming the address and --port/DICOMGATE_PORT, exit 2."""
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        code, events, text = _serve(tmp_path / "d", "--port", str(port))
+    assert code == 2
+    [error] = [e for e in events if e["level"] == "error"]
+    assert error["event"] == "cannot start"
+    assert f"127.0.0.1:{port}" in error["error"]
+    assert "--port" in error["error"] and "DICOMGATE_PORT" in error["error"]
+    assert "address already in use" in error["error"]
+    assert "Traceback" not in text
+    assert not [e for e in events if e["event"] in ("listening", "node started")]
+
+
+def test_busy_ops_port_is_reported_before_any_listening_line(tmp_path: Path) -> None:
+    """A taken ops port is the one error, naming DICOMGATE_OPS_PORT; no ``listening`` line for
+    the DICOM port precedes it (that pointed operators at the wrong port)."""
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        code, events, text = _serve(
+            tmp_path / "d", "--port", "0", env={"DICOMGATE_OPS_PORT": str(port)}
+        )
+    assert code == 2
+    [error] = [e for e in events if e["level"] == "error"]
+    assert f"127.0.0.1:{port}" in error["error"] and "DICOMGATE_OPS_PORT" in error["error"]
+    assert not [e for e in events if "listening" in e["event"]]
+    assert "Traceback" not in text
+
+
+def test_unusable_data_dir_names_the_setting(tmp_path: Path) -> None:
+    """A data directory that cannot be created (here: under a regular file; root ignores
+    permissions) is one error naming it and --data-dir/DICOMGATE_DATA_DIR, exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    bad = blocker / "data"
+    code, events, text = _serve(bad, "--port", "0")
+    assert code == 2
+    [error] = [e for e in events if e["level"] == "error"]
+    assert str(bad) in error["error"] and "not a directory" in error["error"]
+    assert "--data-dir" in error["error"] and "DICOMGATE_DATA_DIR" in error["error"]
+    assert "Traceback" not in text

@@ -81,7 +81,10 @@ class OpsServer:
         log.info("ops endpoint listening", host=host, port=port)
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        # The node binds (constructor) before the DICOM listener and serves (start) after it;
+        # shutdown() of a server that never served would wait forever, so only the socket goes.
+        if self._thread is not None:
+            self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

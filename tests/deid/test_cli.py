@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ from pydicom import dcmread
 
 from dicomgate.cli import main
 from dicomgate.testing import CT_PHI, write_ct_study
+
+KEY = "k" * 40
 
 
 @pytest.fixture
@@ -82,3 +87,74 @@ def test_bad_option_combination_exits_2(tree: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 2
     assert "exclude each other" in text
+
+
+# -- pseudonymized output names, and a loud word about a new key (issue 11, items 3 and 9) -------
+def _cli(*args: str, cwd: Path, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``dicomgate ARGS`` as an operator runs it in ``cwd``, with no DICOMGATE_* variable but
+    the key given."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DICOMGATE_")}
+    if key is not None:
+        env["DICOMGATE_SECRET_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "dicomgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_generated_key_is_announced_loudly(tree: Path, tmp_path: Path) -> None:
+    """Without --data-dir the command makes ./dicomgate-data/secret.key; it says so on stderr
+    and how to use a node's key instead; a second run (key loaded) does not."""
+    first = _cli("deidentify", str(tree), str(tmp_path / "a"), "-j", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "dicomgate-data" / "secret.key").is_file()
+    assert "generated a new secret key in dicomgate-data/secret.key" in first.stderr
+    assert "--data-dir" in first.stderr and "DICOMGATE_SECRET_KEY_FILE" in first.stderr
+    second = _cli("deidentify", str(tree), str(tmp_path / "b"), "-j", "1", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "secret key" not in second.stderr
+
+
+def test_rename_names_output_by_pseudonymized_uids(tmp_path: Path) -> None:
+    """--rename: OUT is <study>/<series>/<instance>.dcm by the UIDs each output carries, and
+    nothing printed (summary, per-file failures and quarantines) quotes an input name."""
+    root = tmp_path / "in"
+    paths = write_ct_study(root / "study", 4, rows=8, columns=8)
+    originals = []
+    for p in paths:  # input files named by their SOP Instance UIDs, as PACS exports are
+        uid = str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+        originals.append(uid)
+        p.rename(p.with_name(f"{uid}.dcm"))
+    burned = root / "study" / f"{originals[0]}.dcm"
+    ds = dcmread(burned)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(burned)
+    (root / "1.2.826.0.1.3680043.99.notdicom.dcm").write_text("not dicom")
+    out = tmp_path / "out"
+    result = _cli("deidentify", str(root), str(out), "--rename", "-j", "2", cwd=tmp_path, key=KEY)
+    assert result.returncode == 1  # one quarantined, one failed
+    assert "3 written, 1 quarantined, 1 failed (of 5 files)" in result.stdout
+    assert "quarantined input #" in result.stderr and "failed input #" in result.stderr
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 3
+    for path in written:
+        d = dcmread(path, stop_before_pixels=True)
+        rel = path.relative_to(out).as_posix()
+        assert rel == f"{d.StudyInstanceUID}/{d.SeriesInstanceUID}/{d.SOPInstanceUID}.dcm"
+        assert rel.startswith("2.25.")
+    printed = result.stdout + result.stderr
+    for uid in originals:
+        assert uid not in printed
+        assert not any(uid in str(p) for p in out.rglob("*"))
+    assert "notdicom" not in printed and "study/" not in printed
+
+
+def test_names_are_kept_by_default(tree: Path, tmp_path: Path) -> None:
+    """Without --rename the tree is mirrored (the default) and --keep-names says so."""
+    code, text = _run(str(tree), str(tmp_path / "out"), "--keep-names", tmp_path=tmp_path)
+    assert code == 0, text
+    assert (tmp_path / "out" / "study1" / "series1" / "CT00001.dcm").is_file()
