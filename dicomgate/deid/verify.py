@@ -21,6 +21,14 @@ Identifying values (PS3.15 E.1.1; "needles"), taken from the original at any dep
 Besides the search, each top-level attribute whose action removes or replaces it must not keep
 its original value in place, however short (Patient's Sex "F" cannot be searched for).
 
+What this node writes by construction is not searched: a value that is the same whatever the
+input cannot carry the input's PHI.  Those are the dummies, the File Meta's implementation
+identifiers (PS3.10 7.1) and the de-identification record (PS3.15 E.1.1, CID 7050); and the
+pseudonym forms (``ANONYMOUS^<token>``, ``PAT-<token>``, ``AE<token>``), whose hex token can
+contain a short original value by chance only — though a pseudonym form that *equals* an
+original value (an earlier pseudonym copied through) is still found.  The verifier keeps its own
+copy of these forms; tests/deid checks the engine's output against it.
+
 Findings name where a value came from and where it was found, never the value (they are logged).
 Pixel data and overlay bitmaps are not searched for text: text there is pixels, not characters,
 and is the burned-in annotation rule's business.
@@ -43,6 +51,8 @@ from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dicomgate.config import DeidOption
 from dicomgate.deid._profile import Profile
@@ -71,6 +81,46 @@ _ALWAYS_NEEDLE_VRS = frozenset({"PN", "DA", "DT", "UI"})
 _BULK_PIXELS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "DA", "DT", "TM"}
 _BYTES_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"}
+
+# What the node writes whatever the input (own copies, not the engine's constants; tests/deid
+# compares them with the engine's output).  Dummies (PS3.15 Table E.1-1a "D") of the text VRs:
+_DUMMIES = frozenset(
+    {"DEIDENTIFIED", "19000101", "19000101000000", "000000", "000D", "urn:x-deidentified"}
+)
+# Pseudonyms of patient identity and AE titles: a fixed prefix and an upper-case hex token.
+_PSEUDONYM_FORM = re.compile(r"(?:ANONYMOUS\^|PAT-)[0-9A-F]{16}|AE[0-9A-F]{14}")
+_PSEUDONYM_PREFIXES = ("ANONYMOUS^", "PAT-", "AE")
+# Implementation identifiers (File Meta, PS3.10 7.1) and the de-identification record (PS3.15
+# E.1.1 items 6-7): (where, tag) -> "is this the node's value?".  Where: "file_meta", "" (the
+# top level) or _METHOD_CODES (an item of De-identification Method Code Sequence).
+_METHOD_CODES = "DeidentificationMethodCodeSequence["
+_CID_7050 = [getattr(codes.cid7050, keyword) for keyword in codes.cid7050.dir()]
+_CID_7050_VALUES = frozenset(
+    str(v) for code in _CID_7050 for v in (code.value, code.scheme_designator, code.meaning)
+)
+_OWN_AT: dict[tuple[str, int], Callable[[str], object]] = {
+    ("file_meta", 0x00020012): PYDICOM_IMPLEMENTATION_UID.__eq__,  # Implementation Class UID
+    ("file_meta", 0x00020013): re.compile(r"DICOMGATE(?:_[0-9]+)+").fullmatch,  # ...Version Name
+    ("", 0x00120063): re.compile(  # De-identification Method
+        r"dicomgate: PS3\.15 [0-9]{4}[a-z] Annex E Table E\.1-1"
+    ).fullmatch,
+    ("", 0x00280303): frozenset({"MODIFIED", "UNMODIFIED", "REMOVED"}).__contains__,
+    (_METHOD_CODES, 0x00080100): _CID_7050_VALUES.__contains__,  # Code Value
+    (_METHOD_CODES, 0x00080102): _CID_7050_VALUES.__contains__,  # Coding Scheme Designator
+    (_METHOD_CODES, 0x00080104): _CID_7050_VALUES.__contains__,  # Code Meaning
+}
+_OWN_TAGS = frozenset(tag for _, tag in _OWN_AT)
+
+
+def _own(path: _Path, value: str) -> bool:
+    """True when ``value`` at ``path`` is an implementation identifier or part of the
+    de-identification record, in the form the node writes whatever the input."""
+    if path.tag not in _OWN_TAGS:
+        return False
+    where = _METHOD_CODES if path.parent.startswith(_METHOD_CODES) else path.parent
+    check = _OWN_AT.get((where, path.tag))
+    return bool(check is not None and check(value))
+
 
 # The verifier's own copy of the option -> CSV column map (and its own date spellings below),
 # deliberately not imported from the engine (``_table.OPTION_COLUMNS``, ``_scrub.date_spellings``):
@@ -375,12 +425,20 @@ def _is_date_row_shifted(tag: int, profile: Profile) -> bool:
     )
 
 
-def _haystacks(
-    ds: Dataset,
-) -> tuple[list[tuple[_Path, str]], list[tuple[_Path, str]], list[tuple[_Path, bytes]]]:
+@dataclass
+class _Haystacks:
+    texts: list[tuple[_Path, str]]  # lowered
+    uids: list[tuple[_Path, str]]
+    blobs: list[tuple[_Path, bytes]]
+    pseudonyms: list[tuple[_Path, str]]  # lowered; matched whole only
+
+
+def _haystacks(ds: Dataset) -> _Haystacks:
+    """The output's values to search, without what the node writes whatever the input."""
     texts: list[tuple[_Path, str]] = []
     uids: list[tuple[_Path, str]] = []
     blobs: list[tuple[_Path, bytes]] = []
+    pseudonyms: list[tuple[_Path, str]] = []
     sources: list[tuple[str, Dataset]] = [("", ds)]
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
@@ -399,11 +457,15 @@ def _haystacks(
                     blobs.append((path, value))
                 continue
             for v in _strings(value):
+                if v in _DUMMIES or (tag in _OWN_TAGS and _own(path, v)):
+                    continue
                 if vr == "UI":
                     uids.append((path, v))
+                elif v.startswith(_PSEUDONYM_PREFIXES) and _PSEUDONYM_FORM.fullmatch(v):
+                    pseudonyms.append((path, v.lower()))
                 else:
                     texts.append((path, v.lower()))
-    return texts, uids, blobs
+    return _Haystacks(texts, uids, blobs, pseudonyms)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -417,7 +479,8 @@ def _bytes_forms(needle: str) -> frozenset[bytes]:
 def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) -> list[Finding]:
     """Every identifying value of ``original`` found in ``deidentified`` (empty list: clean)."""
     needles = _collect(original, profile)
-    texts, uids, blobs = _haystacks(deidentified)
+    hay = _haystacks(deidentified)
+    texts, uids, blobs = hay.texts, hay.uids, hay.blobs
     findings: list[Finding] = []
     seen: set[tuple[str, str, str]] = set()
 
@@ -440,6 +503,9 @@ def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) ->
             for path, text in texts:
                 if needle in text:
                     add(kind, source, path)
+        for path, text in hay.pseudonyms:
+            if needle == text:  # an original that is itself a pseudonym, copied through
+                add(kind, source, path)
         if kind != "date" and needle in all_uids_lower:
             # A number (a time, an ID of digits) leaks through a UID only as a whole
             # component: inside the long integer of a 2.25 pseudonym it is chance (a 6-digit
@@ -489,6 +555,6 @@ def verify_no_phi(original: Dataset, deidentified: Dataset, profile: Profile) ->
     for tag, values, source in needles.in_place:
         if tag in deidentified:
             now = _strings(deidentified[tag].value)
-            if now and now == values:
+            if now and now == values and not _DUMMIES.issuperset(now):
                 add("unchanged", source, source)
     return findings

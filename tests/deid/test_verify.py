@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, PYDICOM_ROOT_UID, generate_uid
 
 from dicomgate.config import DeidOption
 from dicomgate.deid import Profile, deidentify, verify_no_phi
@@ -149,3 +149,100 @@ def test_verifier_searches_every_date_spelling_the_scrubber_cuts() -> None:
 
     for day in ("19710304", "20011231"):
         assert set(date_spellings(day)) <= set(_date_spellings(day))
+
+
+def _scheduled_step_anon(ds: Dataset) -> None:
+    """A Scheduled Procedure Step ID that reads "ANON" (seen from a real RIS), top level and
+    nested: it is inside the node's ``ANONYMOUS^<token>`` pseudonym."""
+    ds.ScheduledProcedureStepID = "ANON"
+    item = Dataset()
+    item.ScheduledProcedureStepID = "ANON"
+    ds.RequestAttributesSequence = Sequence([item])
+
+
+def _creator_is_pydicom(ds: Dataset) -> None:
+    """A file written by pydicom-based software: its Instance Creator UID is the Implementation
+    Class UID that the node itself writes into File Meta."""
+    ds.InstanceCreatorUID = PYDICOM_IMPLEMENTATION_UID
+
+
+def _creator_is_pydicom_root(ds: Dataset) -> None:
+    ds.InstanceCreatorUID = PYDICOM_ROOT_UID.rstrip(".")
+
+
+def _names_of_the_node(ds: Dataset) -> None:
+    """Values that occur in the node's own record (De-identification Method, its CID 7050
+    codes, the Implementation Version Name) and dummies."""
+    ds.StationName = "DICOMGATE"
+    ds.ImageComments = "Confidentiality Profile"
+    ds.OtherPatientIDs = "IDENTIFIED"
+    ds.StudyTime = "000000"  # replaced by the TM dummy "000000"
+
+
+OWN_OUTPUT: dict[str, Callable[[Dataset], None]] = {
+    "ID inside the name pseudonym": _scheduled_step_anon,
+    "UID equal to the Implementation Class UID": _creator_is_pydicom,
+    "UID the Implementation Class UID extends": _creator_is_pydicom_root,
+    "words of the de-identification record and dummies": _names_of_the_node,
+}
+
+
+@pytest.mark.parametrize("plant", OWN_OUTPUT.values(), ids=OWN_OUTPUT.keys())
+def test_the_nodes_own_output_is_not_a_leak(plant: Callable[[Dataset], None]) -> None:
+    """An original value found only in what the engine writes whatever the input (pseudonym
+    forms, dummies, File Meta implementation identifiers, the method record) is no finding."""
+    prof = profile()
+    original = make_ct_instance(generate_uid(), generate_uid(), 3, rows=8, columns=8)
+    plant(original)
+    result = deidentify(original, prof, pseudonymizer())
+    assert result.dataset is not None
+    assert verify_no_phi(original, result.dataset, prof) == []
+
+
+def test_the_same_values_elsewhere_are_still_leaks() -> None:
+    """Exempt are only the node's own values, not the originals that resemble them: "ANON"
+    inside a description, the Instance Creator UID in a reference, an earlier pseudonym copied
+    through whole, a Code Meaning outside the method record."""
+    prof = profile()
+    original = make_ct_instance(generate_uid(), generate_uid(), 3, rows=8, columns=8)
+    _scheduled_step_anon(original)
+    _creator_is_pydicom(original)
+    original.OtherPatientIDs = "PAT-0123456789ABCDEF"
+    original.ImageComments = "Confidentiality Profile"
+    result = deidentify(original, prof, pseudonymizer())
+    out = result.dataset
+    assert out is not None
+    out.StudyDescription = "CT ANON CHEST"
+    out.SourceImageSequence = Sequence([Dataset()])
+    out.SourceImageSequence[0].ReferencedSOPInstanceUID = PYDICOM_IMPLEMENTATION_UID
+    out.PatientID = "PAT-0123456789ABCDEF"
+    out.ConceptNameCodeSequence = Sequence([Dataset()])
+    out.ConceptNameCodeSequence[0].CodeMeaning = "Basic Application Confidentiality Profile"
+    found = {(f.source, f.location) for f in verify_no_phi(original, out, prof)}
+    assert found == {
+        ("ScheduledProcedureStepID", "StudyDescription"),
+        ("InstanceCreatorUID", "SourceImageSequence[0].ReferencedSOPInstanceUID"),
+        ("OtherPatientIDs", "PatientID"),
+        ("ImageComments", "ConceptNameCodeSequence[0].CodeMeaning"),
+    }
+
+
+def test_verifier_knows_the_forms_the_engine_writes() -> None:
+    """The verifier's own copy of the engine's pseudonym forms, dummies and implementation
+    identifiers (kept apart on purpose) covers what the engine writes."""
+    from dicomgate.deid._engine import IMPLEMENTATION_VERSION_NAME
+    from dicomgate.deid._method import METHOD_TEXT, option_codes
+    from dicomgate.deid._patient import PatientPseudonyms
+    from dicomgate.deid._values import dummy_value
+    from dicomgate.deid.verify import _CID_7050_VALUES, _DUMMIES, _OWN_AT, _PSEUDONYM_FORM
+
+    names = PatientPseudonyms.derive(pseudonymizer(), "id:12345")
+    assert _PSEUDONYM_FORM.fullmatch(names.patient_name)
+    assert _PSEUDONYM_FORM.fullmatch(names.patient_id)
+    assert _PSEUDONYM_FORM.fullmatch("AE" + pseudonymizer().token("ae-title", "CT1", 14))
+    text_vrs = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR")
+    assert {dummy_value(vr) for vr in (*text_vrs, "UT")} <= _DUMMIES
+    assert _OWN_AT[("file_meta", 0x00020013)](IMPLEMENTATION_VERSION_NAME)
+    assert _OWN_AT[("", 0x00120063)](METHOD_TEXT)
+    everything = profile([o for o in DeidOption if o != DeidOption.RETAIN_LONGITUDINAL_FULL_DATES])
+    assert {v for code in option_codes(everything) for v in code} <= _CID_7050_VALUES
