@@ -10,7 +10,6 @@ After a crash the two can disagree in exactly three ways, each handled and repor
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from dicomgate._logging import get_logger
@@ -22,7 +21,6 @@ __all__ = ["ReconcileReport", "reconcile"]
 
 log = get_logger(__name__)
 
-_NAME = re.compile(r"^(?P<uid>[0-9.]+)~v(?P<version>\d+)\.dcm$")
 _NEEDS_FILE = {InstanceState.RECEIVED, InstanceState.PROCESSED}
 
 
@@ -59,19 +57,20 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
     for relative, path in on_disk.items():
         if relative in rows:
             continue
-        m = _NAME.match(path.name)
+        named = Spool.parse_file_name(path.name)  # the same UID rule as on the way in
         header = (
-            check_header(path, request_sop_class_uid=None, request_sop_instance_uid=m["uid"])
-            if m
+            check_header(path, request_sop_class_uid=None, request_sop_instance_uid=named[0])
+            if named is not None
             else None
         )
-        if m is None or header is None or isinstance(header, Refusal):
+        if named is None or header is None or isinstance(header, Refusal):
             # We checked this file before writing it here: it has been damaged since.
             spool.set_aside(path)
             report.files_unreadable.append(path.name)
             continue
+        version = named[1]
         known = {r.version: r for r in state.versions(header.sop_instance_uid)}
-        existing = known.get(int(m["version"]))
+        existing = known.get(version)
         if existing is not None:
             # A row without a path: the file was purged after delivery but the unlink did not
             # survive (power loss), or a backup was restored. Delivered: drop the stale copy;
@@ -86,7 +85,7 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
         state.insert_instance(
             InstanceRecord(
                 sop_instance_uid=header.sop_instance_uid,
-                version=int(m["version"]),
+                version=version,
                 study_instance_uid=header.study_instance_uid,
                 series_instance_uid=header.series_instance_uid,
                 sop_class_uid=header.sop_class_uid,

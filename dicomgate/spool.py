@@ -14,11 +14,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomgate.uids import is_valid_uid, require_uid
+
 __all__ = ["DirSyncer", "Spool", "SpoolFullError", "fsync_dir", "sha256_file"]
+
+
+# The inverse of Spool.file_name (fullmatch, [0-9]: no "$" before a newline, no other digits).
+_FILE_NAME = re.compile(r"(?P<uid>[0-9.]+)~v(?P<version>[0-9]+)\.dcm")
 
 
 class SpoolFullError(OSError):
@@ -144,7 +151,23 @@ class Spool:
     # -- files ----------------------------------------------------------------------------------
     @staticmethod
     def file_name(sop_instance_uid: str, version: int) -> str:
+        """``<SOP Instance UID>~v<version>.dcm``; ``ValueError`` for anything but a valid UID.
+
+        The UID comes from the sender, so it is checked here, where it becomes a path, rather
+        than trusted to have been cleaned elsewhere (a newline, ``/`` or ``..`` never gets in).
+        """
+        require_uid(sop_instance_uid, "SOP Instance UID")
+        if version < 1:
+            raise ValueError("spool file version must be >= 1")
         return f"{sop_instance_uid}~v{version}.dcm"
+
+    @staticmethod
+    def parse_file_name(name: str) -> tuple[str, int] | None:
+        """(SOP Instance UID, version) of a name :meth:`file_name` made, else ``None``."""
+        m = _FILE_NAME.fullmatch(name)
+        if m is None or not is_valid_uid(m["uid"]) or int(m["version"]) < 1:
+            return None
+        return m["uid"], int(m["version"])
 
     def path_of(self, relative: str) -> Path:
         return self.root / relative

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from dicomgate.uids import require_uid
+
 __all__ = [
     "index_key",
     "instance_key",
@@ -26,18 +28,14 @@ __all__ = [
     "validate_uid",
 ]
 
-# PS3.5 9.1: components of digits separated by '.', no leading zero in a multi-digit
-# component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 # Keys we are willing to write: printable ASCII without backslash, no empty/dot segments.
-_KEY_CHARS = re.compile(r"^[A-Za-z0-9._\-/=+@,:]+$")
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._\-/=+@,:]+")  # fullmatch: "$" would let "\n" in
 
 
 def validate_uid(uid: str, what: str = "UID") -> str:
-    """Return ``uid`` if it is a well-formed DICOM UID, else raise ``ValueError``."""
-    if not (0 < len(uid) <= 64 and _UID.match(uid)):
-        raise ValueError(f"{what} is not a valid DICOM UID: {uid!r}")
-    return uid
+    """Return ``uid`` if it is exactly a DICOM UID (the one rule, :mod:`dicomgate.uids`),
+    else raise ``ValueError``. No padding is stripped: keys are made of our own pseudonyms."""
+    return require_uid(uid, what)
 
 
 def validate_key(key: str) -> str:
@@ -45,7 +43,7 @@ def validate_key(key: str) -> str:
 
     Both destinations call this, so a key can never escape the destination's root.
     """
-    if not key or len(key) > 900 or not _KEY_CHARS.match(key):
+    if not key or len(key) > 900 or not _KEY_CHARS.fullmatch(key):
         raise ValueError(f"invalid object key: {key!r}")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"invalid object key (empty or dot segment): {key!r}")

@@ -119,3 +119,61 @@ def test_good_instance_after_bad_ones(node: NodeHandle, ct_file: Path, tmp_path:
     bad = _rewrite(ct_file, tmp_path / "bad.dcm", lambda ds: delattr(ds, "StudyInstanceUID"))
     assert send_files(node.host, node.port, [bad, ct_file, bad]) == [0xC001, 0, 0xC001]
     assert len(node.spool_files) == 1
+
+
+def _truncated_ct(ct_file: Path, tmp_path: Path) -> Path:
+    cut = tmp_path / "ct_cut.dcm"
+    cut.write_bytes(ct_file.read_bytes()[:-100])  # inside Pixel Data, the last element
+    return cut
+
+
+def _mr_truncated(ct_file: Path, tmp_path: Path) -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("MR_truncated.dcm"))  # 8,130 of 8,192 Pixel Data bytes
+
+
+def _jpeg_without_delimiter(ct_file: Path, tmp_path: Path) -> Path:
+    from pydicom.data import get_testdata_file
+
+    data = Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes()
+    assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # (FFFE,E0DD), length 0
+    cut = tmp_path / "jpeg_cut.dcm"
+    cut.write_bytes(data[:-8])
+    return cut
+
+
+@pytest.mark.parametrize("make", [_truncated_ct, _mr_truncated, _jpeg_without_delimiter])
+def test_truncated_pixel_data_is_c000(
+    node: NodeHandle, ct_file: Path, tmp_path: Path, make: object
+) -> None:
+    """Pixel Data cut short (native or encapsulated), sent as raw bytes, gets 0xC000: the
+    final element is checked against the data that arrived, not hidden by the header parse."""
+    bad = make(ct_file, tmp_path)  # type: ignore[operator]
+    assert send_files(node.host, node.port, [bad]) == [Status.CANNOT_UNDERSTAND]
+    _assert_nothing_kept(node)
+
+
+def test_sop_instance_uid_with_trailing_newline_is_c001(
+    node: NodeHandle, ct_file: Path, tmp_path: Path
+) -> None:
+    """A SOP Instance UID ending in a newline is not a UID: 0xC001, not accepted after a
+    strip and filed under a cleaned-up name.
+
+    The newline is in the dataset and in the File Meta the request is made from; pydicom's
+    ``UID()`` strips whitespace from every UID it decodes (the sender's File Meta, and the
+    node's received command set), so the request itself always arrives stripped: the
+    dataset's raw value is what the node must judge.
+    """
+    # bytes, since pydicom would strip it: the value field keeps its length, its last byte
+    # becomes "\n", in the File Meta and in the dataset.
+    uid = str(dcmread(ct_file).SOPInstanceUID)
+    field = (uid + "\x00" * (len(uid) % 2)).encode()
+    newline = (uid + "\n" if len(uid) % 2 else uid[:-1] + "\n").encode()
+    data = ct_file.read_bytes()
+    assert data.count(field) == 2
+    bad = tmp_path / "newline.dcm"
+    bad.write_bytes(data.replace(field, newline))
+    assert bad.read_bytes().count(newline) == 2
+    assert send_files(node.host, node.port, [bad]) == [Status.INVALID_UID]
+    _assert_nothing_kept(node)
