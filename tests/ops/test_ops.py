@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
+from structlog.testing import capture_logs
 
+from dicomgate.ops.metrics import Metrics
+from dicomgate.ops.server import OpsServer
 from dicomgate.testing import write_ct_study
 from tests.helpers import NodeHandle, associate, send_files, start_node, wait_for
 
@@ -81,3 +87,73 @@ def test_studies_status_hides_original_identifiers(tmp_path: Path) -> None:
         code, listing = _get(n, "/studies")
         assert code == 200 and uid not in listing
         assert _get(n, "/studies/1.2.3.4")[0] == 404
+
+
+SECRET_UID = "1.2.826.0.1.3680043.99.424242"
+
+
+@contextlib.contextmanager
+def _ops(studies: Callable[[str | None], dict[str, Any]]) -> Iterator[tuple[str, int]]:
+    server = OpsServer("127.0.0.1", 0, metrics=Metrics(), ready=lambda: None, studies=studies)
+    server.start()
+    try:
+        yield server.address
+    finally:
+        server.stop()
+
+
+def _fetch(address: tuple[str, int], path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def test_failed_request_logs_route_and_safe_traceback_not_the_uid() -> None:
+    """A /studies/<original UID> request that fails answers 500 and logs the route template and
+    where it failed — not the path's UID, nor the exception's message quoting it."""
+
+    def failing(uid: str | None) -> dict[str, Any]:
+        raise LookupError(f"no study row for '{uid}'")
+
+    with capture_logs() as logs, _ops(failing) as address:
+        assert _fetch(address, f"/studies/{SECRET_UID}") == 500
+        assert _fetch(address, "/healthz") == 200
+    [failed] = [e for e in logs if e["event"] == "ops request failed"]
+    assert failed["route"] == "/studies/{uid}"
+    assert "builtins.LookupError at test_ops.py:failing:" in failed["traceback"]
+    assert "ops/server.py:_answer:" in failed["traceback"]
+    requests = [(e["route"], e["status"]) for e in logs if e["event"] == "ops request"]
+    assert requests == [("/studies/{uid}", 500), ("/healthz", 200)]
+    assert SECRET_UID not in repr(logs) and "no study row" not in repr(logs)
+    assert all("exc_info" not in e for e in logs)
+
+
+def test_request_logs_name_routes_only() -> None:
+    """Every request is logged (debug) by its route: identifiers and unknown paths are not."""
+    with capture_logs() as logs, _ops(lambda uid: {"studies": []}) as address:
+        assert _fetch(address, f"/studies/{SECRET_UID}?x=1") == 404
+        assert _fetch(address, "/studies") == 200
+        assert _fetch(address, f"/{SECRET_UID}/metrics") == 404
+    routes = [e["route"] for e in logs if e["event"] == "ops request"]
+    assert routes == ["/studies/{uid}", "/studies", "{unknown}"]
+    assert SECRET_UID not in repr(logs)
+
+
+def test_an_error_escaping_a_request_is_logged_safely() -> None:
+    """What escapes a handler reaches socketserver's handle_error, which would print a plain
+    traceback (with the message) to stderr: it is a safe log line instead."""
+    server = OpsServer("127.0.0.1", 0, metrics=Metrics(), ready=lambda: None, studies=lambda u: {})
+    try:
+        with capture_logs() as logs:
+            try:
+                raise ValueError(f"bad path /studies/{SECRET_UID}")
+            except ValueError:
+                server._httpd.handle_error(None, ("127.0.0.1", 1))
+    finally:
+        server.stop()
+    [failed] = logs
+    assert failed["event"] == "ops request failed" and failed["error"] == "ValueError"
+    assert SECRET_UID not in repr(logs)
