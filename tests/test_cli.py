@@ -54,3 +54,12 @@ def test_called_ae_title_defaults_to_the_nodes_setting(tmp_path: Path) -> None:
         wrong = _echo(n.host, str(n.port), "--aec", "OTHER", env={"DICOMGATE_AE_TITLE": "GATE2"})
         assert wrong.returncode == 1
         assert "rejected" in wrong.stderr
+
+
+def test_rejection_is_printed_in_words(tmp_path: Path) -> None:
+    """The A-ASSOCIATE-RJ result, source and reason are words (PS3.8 Table 9-21)."""
+    with start_node(tmp_path / "data", allowed_calling_ae_titles=["PACS"]) as n:
+        calling = _echo(n.host, str(n.port), "--aet", "NOBODY")
+        called = _echo(n.host, str(n.port), "--aet", "PACS", "--aec", "ELSEWHERE")
+    assert "Rejected Permanent by Service User: Calling AE title not recognised" in calling.stderr
+    assert "Called AE title not recognised" in called.stderr

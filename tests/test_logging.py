@@ -183,10 +183,6 @@ def test_worker_processes_log_through_the_same_pipeline() -> None:
     assert {line["logger"] for line in lines} == {"pydicom"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs pipeline/_work.worker_init to call configure_worker_logging (lead's file)",
-)
 def test_node_with_malformed_uids_logs_json_only_without_them(tmp_path: Path) -> None:
     """A real `dicomgate serve` (JSON) de-identifies instances whose Frame of Reference and
     referenced UIDs are malformed: stderr is JSON lines only, and no original UID is in it."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import click
 
+from dicomgate._logging import configure_logging, configure_worker_logging
 from dicomgate.config import CONFIG_ENV, DeidOption
 from dicomgate.deid._profile import profile_from_settings
 from dicomgate.deid._worker import (
@@ -146,6 +147,8 @@ def deidentify(
     if options:
         overrides["deid_options"] = list(options)
     settings = settings_or_exit(config_file, flag_names={"deid_options": "--option"}, **overrides)
+    # pydicom's warnings quote values (original UIDs): through the redacting pipeline
+    log_setup = configure_logging(settings.log_level, settings.log_format)
     try:
         profile_from_settings(settings)  # fail fast on contradictory options or bad overrides
         secret = secret_key_for(settings)
@@ -184,7 +187,9 @@ def deidentify(
         _collect(_progress(results, len(work)), names, counts, problems)
     else:
         chunk = max(1, min(16, len(work) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, initializer=configure_worker_logging, initargs=(log_setup,)
+        ) as pool:
             results = pool.map(task, srcs, dsts, repeat(config), chunksize=chunk)
             _collect(_progress(results, len(work)), names, counts, problems)
     if rename and problems:

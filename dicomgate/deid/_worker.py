@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
+from dicomgate.checks import Refusal, check_header
 from dicomgate.deid._engine import deidentify
 from dicomgate.deid._profile import DEFAULT_SUSPECT_MODALITIES, Profile, compile_profile
 from dicomgate.deid.verify import verify_no_phi
@@ -218,6 +219,13 @@ def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) 
     src = Path(source)
     try:
         ds = _read(src)
+        # the node's door check too: truncated Pixel Data and the like are never written out;
+        # a file that is not DICOM at all stays a failure, not a quarantine
+        checked = check_header(src, request_sop_class_uid=None, request_sop_instance_uid=None)
+        if isinstance(checked, Refusal):
+            if checked.reason.startswith("dataset cannot be parsed"):
+                return FileResult(source=str(src), error=checked.reason)
+            return FileResult(source=str(src), quarantine_reason=checked.reason)
         result, data = _run(ds, str(src), config)
         if data is None:
             return result

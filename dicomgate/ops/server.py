@@ -41,7 +41,9 @@ def _public(study: dict[str, Any]) -> dict[str, Any]:
     hidden = {"study"}
     public = {k: v for k, v in study.items() if k not in hidden}
     public["quarantined"] = [
-        {"stage": q["stage"], "reason": q["reason"]} for q in study.get("quarantined", [])
+        # the instance by its pseudonymized UID only
+        {"instance": q.get("deid_instance"), "stage": q["stage"], "reason": q["reason"]}
+        for q in study.get("quarantined", [])
     ]
     return public
 

@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from dicomgate._logging import get_logger
+from dicomgate._logging import current_log_setup, get_logger
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
 from dicomgate.deid import DeidConfig
@@ -117,6 +117,7 @@ class Pipeline:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             initializer=worker_init,
+            initargs=(current_log_setup(),),
             mp_context=multiprocessing.get_context("spawn"),
         )
 

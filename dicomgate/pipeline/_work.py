@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomgate._logging import LogSetup, configure_worker_logging
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 from dicomgate.spool import sha256_file
@@ -30,12 +31,14 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _IN_MEMORY_WRITE = 32 * 1024 * 1024
 
 
-def worker_init() -> None:
+def worker_init(log_setup: LogSetup | None = None) -> None:
     """Set up a worker process: lower priority, dies with the node, leaves signals to it.
 
     A SIGKILLed node must not leave workers behind holding memory (and the node's stderr):
     on Linux, prctl(PR_SET_PDEATHSIG) has the kernel kill the worker when its parent dies.
     """
+    # pydicom's warnings quote values: they go through the node's redacting log pipeline
+    configure_worker_logging(log_setup)
     # SIGINT/SIGTERM reach the whole process group (Ctrl-C, systemd, docker stop): they are
     # the node's to handle, in order; it shuts the pool down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -16,13 +16,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
+
+from dicomgate.uids import is_valid_uid
 
 __all__ = ["AcceptRules", "InstanceMetadata"]
 
 
 def _valid_uid(value: str) -> str:
-    if not UID(value).is_valid:
+    if not is_valid_uid(value):  # the node's one UID rule (PS3.5 9.1, no stray whitespace)
         raise ValueError("not a valid UID")
     return value
 

@@ -20,9 +20,11 @@ def echo(
     assoc = ae.associate(host, port, ae_title=called_ae)
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
         rj = assoc.acceptor.primitive
+        # PS3.8 Table 9-21 in words (pynetdicom's), with the numbers for a search engine
         return False, (
-            f"association rejected by {host}:{port} "
-            f"(result {rj.result}, source {rj.result_source}, reason {rj.diagnostic})"
+            f"association rejected by {host}:{port}: {rj.result_str} by {rj.source_str}: "
+            f"{rj.reason_str} (PS3.8 Table 9-21: result {rj.result}, "
+            f"source {rj.result_source}, reason {rj.diagnostic})"
         )
     if not assoc.is_established:
         return False, f"no association with {host}:{port} (connection failed or aborted)"

@@ -158,3 +158,14 @@ def test_names_are_kept_by_default(tree: Path, tmp_path: Path) -> None:
     code, text = _run(str(tree), str(tmp_path / "out"), "--keep-names", tmp_path=tmp_path)
     assert code == 0, text
     assert (tmp_path / "out" / "study1" / "series1" / "CT00001.dcm").is_file()
+
+
+def test_truncated_pixel_data_is_never_written(tmp_path: Path) -> None:
+    """The node's door check runs offline too: a CT cut short is held back, with the reason."""
+    [ct] = write_ct_study(tmp_path / "in", 1, rows=64, columns=64)
+    data = ct.read_bytes()
+    ct.write_bytes(data[:-100])
+    code, output = _run(str(tmp_path / "in"), str(tmp_path / "out"), tmp_path=tmp_path)
+    assert code == 1, output
+    assert "runs past the end" in output or "shorter than" in output
+    assert not list((tmp_path / "out").rglob("*.dcm"))

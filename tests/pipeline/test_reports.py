@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from pydicom import dcmread
@@ -36,11 +37,17 @@ def test_all_quarantined_study_is_not_reported_as_delivered(tmp_path: Path) -> N
         assert n.node.state is not None
         assert wait_for(lambda: n.node.state.study(uid).manifest_version == 1, timeout=30)  # type: ignore[union-attr]
         [study] = n.node.state.status_report(uid)["studies"]
+        assert n.node.ops is not None
+        ops_host, ops_port = n.node.ops.address
+        with urllib.request.urlopen(f"http://{ops_host}:{ops_port}/studies") as response:
+            public = response.read().decode()
     assert study["state"] == "quarantined"
     held = {q["instance"]: q for q in study["quarantined"]}
     assert held[sop]["stage"] == "verify"
     assert "from PatientName found in Manufacturer" in held[sop]["reason"]
     assert held[sop]["deid_instance"].startswith("2.25.") and held[sop]["deid_instance"] != sop
+    # the ops endpoint names held-back instances by their pseudonymized UID only
+    assert held[sop]["deid_instance"] in public and sop not in public and uid not in public
 
     out = _cli("status", uid, "--data-dir", str(data))
     assert out.returncode == 0, out.stderr
