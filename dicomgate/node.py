@@ -23,7 +23,6 @@ import tempfile
 import threading
 from collections.abc import Iterable
 from types import FrameType
-from urllib.parse import urlsplit, urlunsplit
 
 import pynetdicom.dimse_messages
 
@@ -31,6 +30,7 @@ from dicomgate import __version__
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
+from dicomgate.delivery.destination import public_url
 from dicomgate.ingest import Ingest
 from dicomgate.ops import Metrics, OpsServer
 from dicomgate.pipeline import LoopThread, Pipeline
@@ -79,14 +79,6 @@ def _bind_error(what: str, host: str, port: int, setting: str, exc: OSError) -> 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _without_credentials(url: str) -> str:
-    """``url`` without userinfo (``user:secret@``) and without a query (it may hold a token):
-    neither ``s3://`` nor ``file://`` destinations need them to be recognised in a log."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _key_fields(key: SecretKey) -> dict[str, str]:
@@ -248,12 +240,12 @@ class Node:
             "ae_title": s.ae_title,
             "ops": ops,
             "data_dir": str(s.data_dir.absolute()),
-            "destination": _without_credentials(s.destination_url),
+            "destination": public_url(s.destination_url),
             "stable_after": s.stable_after,
             **_key_fields(self.secret_key),
         }
         if s.s3_endpoint_url:
-            fields["s3_endpoint_url"] = _without_credentials(s.s3_endpoint_url)
+            fields["s3_endpoint_url"] = public_url(s.s3_endpoint_url)
         log.info("node started", **fields)
 
     def _bind_ops(self) -> None:

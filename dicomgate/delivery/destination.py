@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from dicomgate.spool import sha256_file  # one home for it, re-exported here
 
@@ -31,6 +32,7 @@ __all__ = [
     "Destination",
     "StoredObject",
     "check_expiry",
+    "public_url",
     "sha256_file",
 ]
 
@@ -57,6 +59,15 @@ class StoredObject:
     sha256: str | None
     etag: str | None = None
     version_id: str | None = None
+
+
+def public_url(url: str) -> str:
+    """``url`` without userinfo (``user:secret@``) and without a query (it may hold a token):
+    what may be logged; neither ``s3://`` nor ``file://`` destinations need them to be
+    recognised in a log."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ from dicomgate.delivery import (
     RetryableDeliveryError,
     instance_key,
 )
+from dicomgate.delivery.destination import public_url
 from dicomgate.ops.metrics import Metrics
 from dicomgate.pipeline._publisher import StudyPublisher
 from dicomgate.pipeline._retry import backoff
@@ -144,7 +145,7 @@ class Pipeline:
             "pipeline started",
             workers=self._workers,
             uploaders=self.settings.delivery_concurrency,
-            destination=self.destination.url,
+            destination=public_url(self.destination.url),
         )
 
     def wake(self) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
 from pydicom import dcmread
 from structlog.testing import capture_logs
 
@@ -17,6 +20,15 @@ from dicomgate.ops.metrics import Metrics
 from dicomgate.ops.server import OpsServer
 from dicomgate.testing import write_ct_study
 from tests.helpers import NodeHandle, associate, send_files, start_node, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _debug_logging() -> Iterator[None]:
+    """Request lines are debug: let them through whatever level an earlier test configured."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(**saved)
 
 
 def _get(node: NodeHandle, path: str) -> tuple[int, str]:
