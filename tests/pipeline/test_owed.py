@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 from pydicom import dcmread
+from structlog.testing import capture_logs
 
 from dicomgate.testing import write_ct_study
 from tests.helpers import send_files, start_node, wait_for
@@ -25,13 +26,19 @@ def test_notification_given_up_stays_owed_and_is_sent_after_restart(tmp_path: Pa
     uid = str(dcmread(paths[0]).StudyInstanceUID)
     data_dir = tmp_path / "data"
     settings = {"stable_after": 0.3, "retry_for": 1, "notify_webhook_secret": SECRET}
-    with start_node(
-        data_dir, pipeline=True, notify_webhook_url=_closed_port_url(), **settings
-    ) as n:
+    with (
+        capture_logs() as logs,
+        start_node(data_dir, pipeline=True, notify_webhook_url=_closed_port_url(), **settings) as n,
+    ):
         assert send_files(n.host, n.port, paths) == [0, 0]
         state, registry = n.node.state, n.node.metrics.registry
         assert state is not None
         assert wait_for(lambda: state.study(uid).manifest_version == 1, timeout=20)  # type: ignore[union-attr]
+        # given up after retry_for (the publisher says so), not before
+        assert wait_for(
+            lambda: any(e["event"] == "notification not delivered, study stays owed" for e in logs),
+            timeout=20,
+        )
         assert wait_for(
             lambda: registry.get_sample_value("dicomgate_notifications_owed") == 1, timeout=20
         )
