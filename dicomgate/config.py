@@ -174,6 +174,10 @@ class Settings(BaseSettings):
         None, description="Pseudonymization key (>= 32 characters). Generated if unset."
     )
     secret_key_file: Path | None = Field(None, description="File holding the key.")
+    secret_key_arn: str | None = Field(
+        None,
+        description="AWS Secrets Manager secret (ARN or name) holding the key; read at start-up.",
+    )
     deid_options: list[DeidOption] = Field(
         default_factory=list, description="Annex E options applied on top of the Basic Profile."
     )

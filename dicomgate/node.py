@@ -85,6 +85,8 @@ def _key_fields(key: SecretKey) -> dict[str, str]:
     """How the start-up line tells where the pseudonymization key came from."""
     if key.origin == "setting":
         return {"secret_key": "loaded from DICOMGATE_SECRET_KEY (or the config file)"}
+    if key.origin == "secrets_manager":
+        return {"secret_key": "loaded from AWS Secrets Manager (DICOMGATE_SECRET_KEY_ARN)"}
     where = str(key.path.absolute()) if key.path is not None else "?"
     if key.origin == "key_file":
         return {"secret_key": "loaded from DICOMGATE_SECRET_KEY_FILE", "secret_key_path": where}

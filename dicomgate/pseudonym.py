@@ -64,7 +64,7 @@ class Pseudonymizer:
         return self.uid(uid)
 
 
-KeyOrigin = Literal["setting", "key_file", "data_dir", "generated"]
+KeyOrigin = Literal["setting", "key_file", "secrets_manager", "data_dir", "generated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +72,52 @@ class SecretKey:
     """The key and where it came from, so start-up can say which (and what to back up).
 
     ``origin``: ``setting`` (``secret_key``, from the environment or the config file),
-    ``key_file`` (``secret_key_file``), ``data_dir`` (loaded from ``<data_dir>/secret.key``) or
-    ``generated`` (just written there).  ``path`` is the file for the last three.
+    ``key_file`` (``secret_key_file``), ``secrets_manager`` (``secret_key_arn``), ``data_dir``
+    (loaded from ``<data_dir>/secret.key``) or ``generated`` (just written there).  ``path`` is
+    the file for ``key_file``, ``data_dir`` and ``generated``.
     """
 
     value: bytes = field(repr=False)
     origin: KeyOrigin
     path: Path | None = None
 
+    @property
+    def explicit(self) -> bool:
+        """Given by the operator (setting, file, secret), not kept in one node's data dir.
 
-def load_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> SecretKey:
-    """Return the key from settings, or from a file, or generate one kept in ``data_dir``.
+        Nodes sharing a state store must all use one key (pseudonyms are a pure function of
+        value and key): a key each node generated for itself would split one patient in two.
+        """
+        return self.origin in ("setting", "key_file", "secrets_manager")
+
+    @property
+    def fingerprint(self) -> str:
+        """A public name for the key: HMAC of a fixed label, so it reveals nothing of the key.
+
+        Stored in a shared state store by the first node; a node whose key has another
+        fingerprint refuses to join (its pseudonyms would differ).
+        """
+        return hmac.new(self.value, b"dicomgate key fingerprint v1", hashlib.sha256).hexdigest()[
+            :16
+        ]
+
+
+def _secret_from_aws(arn: str) -> bytes:
+    """The key from AWS Secrets Manager (SecretString, or SecretBinary), credentials and region
+    from boto3's chain.  boto3 is imported here: the receiving path never needs it."""
+    import boto3
+
+    answer = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+    raw = answer.get("SecretString")
+    data = raw.encode("utf-8") if raw is not None else bytes(answer["SecretBinary"])
+    return data.strip()
+
+
+def load_key(
+    *, key: str | None, key_file: Path | None, data_dir: Path, key_arn: str | None = None
+) -> SecretKey:
+    """Return the key from settings, a file or AWS Secrets Manager, or generate one kept in
+    ``data_dir``.
 
     A generated key is written once with mode 0600: losing it means new pseudonyms for the same
     patients, so it lives beside the state it belongs to.
@@ -94,6 +129,11 @@ def load_key(*, key: str | None, key_file: Path | None, data_dir: Path) -> Secre
         if len(data) < 32:
             raise ValueError(f"secret key file {key_file} holds fewer than 32 bytes")
         return SecretKey(data, "key_file", key_file)
+    if key_arn is not None:
+        data = _secret_from_aws(key_arn)
+        if len(data) < 32:
+            raise ValueError("the secret named by secret_key_arn holds fewer than 32 bytes")
+        return SecretKey(data, "secrets_manager")
     path = data_dir / KEY_FILE_NAME
     if path.exists():
         return SecretKey(path.read_bytes().strip(), "data_dir", path)
@@ -120,6 +160,7 @@ def secret_key_for(settings: Settings) -> SecretKey:
         key=settings.secret_key.get_secret_value() if settings.secret_key else None,
         key_file=settings.secret_key_file,
         data_dir=settings.data_dir,
+        key_arn=settings.secret_key_arn,
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import UID
 
-from dicomgate.pseudonym import Pseudonymizer, load_or_create_key
+from dicomgate.pseudonym import Pseudonymizer, load_key, load_or_create_key
 
 
 def test_uid_pseudonym_is_stable_valid_and_keyed() -> None:
@@ -49,3 +49,33 @@ def test_configured_key_and_key_file_win(tmp_path: Path) -> None:
     f.write_text("tiny")
     with pytest.raises(ValueError, match="fewer than 32"):
         load_or_create_key(key=None, key_file=f, data_dir=tmp_path)
+
+
+def test_key_from_secrets_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DICOMGATE_SECRET_KEY_ARN: the key is read from AWS Secrets Manager (moto), not generated."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        import boto3
+
+        sm = boto3.client("secretsmanager")
+        arn = sm.create_secret(Name="dicomgate/key", SecretString="s" * 40 + "\n")["ARN"]
+        short = sm.create_secret(Name="dicomgate/short", SecretString="tiny")["ARN"]
+        key = load_key(key=None, key_file=None, data_dir=tmp_path, key_arn=arn)
+        assert key.value == b"s" * 40 and key.origin == "secrets_manager" and key.explicit
+        assert not (tmp_path / "secret.key").exists()
+        with pytest.raises(ValueError, match="fewer than 32 bytes"):
+            load_key(key=None, key_file=None, data_dir=tmp_path, key_arn=short)
+
+
+def test_fingerprint_names_the_key_without_revealing_it(tmp_path: Path) -> None:
+    a = load_key(key="a" * 32, key_file=None, data_dir=tmp_path)
+    b = load_key(key="b" * 32, key_file=None, data_dir=tmp_path)
+    again = load_key(key="a" * 32, key_file=None, data_dir=tmp_path)
+    assert a.fingerprint == again.fingerprint != b.fingerprint
+    assert len(a.fingerprint) == 16 and "a" * 8 not in a.fingerprint
+    generated = load_key(key=None, key_file=None, data_dir=tmp_path)
+    assert generated.origin == "generated" and not generated.explicit and a.explicit
