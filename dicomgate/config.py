@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     # -- network ------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Address to listen on.")  # noqa: S104
     port: int = Field(11112, ge=0, le=65535, description="TCP port (0: pick a free one).")
+    reuse_port: bool = Field(
+        False,
+        description="Listen with SO_REUSEPORT so several node processes share the DICOM port "
+        "(set by serve --workers; the kernel spreads associations across them).",
+    )
     ae_title: str = Field("DICOMGATE", description="This node's AE title.")
     require_called_ae_title: bool = Field(
         True, description="Reject associations whose Called AE Title is not ae_title."
@@ -154,6 +159,20 @@ class Settings(BaseSettings):
 
     # -- storage ------------------------------------------------------------------------------
     data_dir: Path = Field(Path("./dicomgate-data"), description="Spool, state and key live here.")
+    # issue 8: the state store every node of a deployment shares, and this node's name in it
+    state: str = Field(
+        "sqlite",
+        pattern=r"^(sqlite|dynamodb://[A-Za-z0-9_.-]{3,255})$",
+        description="State store: sqlite (<data_dir>/state.sqlite3, nodes on one host) or "
+        "dynamodb://TABLE (nodes anywhere; region, credentials and AWS_ENDPOINT_URL_DYNAMODB "
+        "from boto3).",
+    )
+    node_id: str = Field(
+        default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
+        min_length=1,
+        max_length=128,
+        description="This node's id in the state store (leases, heartbeats); host name + pid.",
+    )
     spool_limit: ByteSize = Field(
         ByteSize(50 * 1024**3),
         description="Spool size above which C-STORE answers 0xA700 (accepts units: '20GB').",

@@ -48,10 +48,9 @@ def start_node(data_dir: Path, *, pipeline: bool = False, **overrides: Any) -> I
     settings = load_settings(
         data_dir=data_dir,
         host="127.0.0.1",
-        port=0,
         secret_key=TEST_KEY,
         min_free_space=0,
-        **{"ops_port": 0, **overrides},
+        **{"port": 0, "ops_port": 0, **overrides},
     )
     node = Node(settings, pipeline=pipeline)
     host, port = node.start()

@@ -6,6 +6,7 @@ DIMSE status, bind the association's log context, and never touch S3.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -90,6 +91,18 @@ class _Server(ThreadedAssociationServer):
     policy: AccessPolicy
 
 
+class _SharedPortServer(_Server):
+    """Several node processes on one port (``serve --workers``): each binds with SO_REUSEPORT
+    and the kernel hands each new connection to one of them (Linux spreads by a hash of the
+    peer's address and port)."""
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind sets SO_REUSEADDR only (socketserver's allow_reuse_port is
+        # not consulted there): set SO_REUSEPORT first, then bind as pynetdicom does.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class StoreSCP:
     """Owns the AE, the listening server and the registry of open associations."""
 
@@ -161,7 +174,7 @@ class StoreSCP:
             self.ae.make_server(
                 (s.host, s.port),
                 evt_handlers=handlers,
-                server_class=_Server,
+                server_class=_SharedPortServer if s.reuse_port else _Server,
                 request_handler=TunedRequestHandler,
             ),
         )
