@@ -159,6 +159,11 @@ class Settings(BaseSettings):
 
     # -- storage ------------------------------------------------------------------------------
     data_dir: Path = Field(Path("./dicomgate-data"), description="Spool, state and key live here.")
+    spool_dir: Path | None = Field(
+        None,
+        description="Received instances (default <data_dir>/spool). May be shared by every node "
+        "(one host, or EFS): each node writes only under spool/nodes/<node id>/.",
+    )
     # issue 8: the state store every node of a deployment shares, and this node's name in it
     state: str = Field(
         "sqlite",
@@ -331,8 +336,9 @@ class Settings(BaseSettings):
 
     # -- derived paths ----------------------------------------------------------------------------
     @property
-    def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+    def spool_root(self) -> Path:
+        """``spool_dir``, or ``<data_dir>/spool`` when it is not set."""
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
 
     @property
     def state_path(self) -> Path:

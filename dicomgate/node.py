@@ -121,7 +121,7 @@ class Node:
         self.key = self.secret_key.value
         self.pseudonymizer = Pseudonymizer(self.key)
         self.spool = Spool(
-            settings.spool_dir,
+            settings.spool_root,
             limit=int(settings.spool_limit),
             min_free=int(settings.min_free_space),
         )

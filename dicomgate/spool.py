@@ -1,12 +1,20 @@
 """The spool: received instances as files, made durable before they are acknowledged.
 
-Layout under ``<data_dir>/spool``::
+Layout under the spool directory (``spool_dir``, default ``<data_dir>/spool``)::
 
-    incoming/    pynetdicom streams each C-STORE dataset here (same filesystem as instances/)
-    instances/   <SOP Instance UID>~v<version>.dcm, each fsync'd, renamed, directory fsync'd
+    nodes/<node>/incoming/    pynetdicom streams each C-STORE dataset here (same filesystem)
+    nodes/<node>/instances/   <SOP Instance UID>~v<version>.dcm, each fsync'd, renamed,
+                              directory fsync'd
 
 A file in ``incoming/`` was never acknowledged; a file in ``instances/`` always was (or is
 about to be: the C-STORE response follows the directory fsync).
+
+The spool may be shared by several nodes (processes on one host, or containers on EFS): each
+node creates and renames files only under its own ``nodes/<node>/`` directory, so no node ever
+renames over another's file, and the state store records every file by its path relative to
+the spool directory, so any node can read (and, once the writer is dead, adopt) it.  A spool
+without a node id (``Spool(root)``, stores written before nodes existed) uses ``incoming/`` and
+``instances/`` directly under the root; those relative paths stay valid.
 """
 
 from __future__ import annotations
@@ -21,11 +29,23 @@ from pathlib import Path
 
 from dicomgate.uids import is_valid_uid, require_uid
 
-__all__ = ["DirSyncer", "Spool", "SpoolFullError", "fsync_dir", "sha256_file"]
+__all__ = ["DirSyncer", "Spool", "SpoolFullError", "fsync_dir", "node_dir_name", "sha256_file"]
 
 
 # The inverse of Spool.file_name (fullmatch, [0-9]: no "$" before a newline, no other digits).
 _FILE_NAME = re.compile(r"(?P<uid>[0-9.]+)~v(?P<version>[0-9]+)\.dcm")
+
+
+_NODE_SAFE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def node_dir_name(node_id: str) -> str:
+    """A node id as one safe path component: itself when it is one, else a cleaned form with
+    a hash (so two ids never share a directory, and ``..`` or ``/`` never get in)."""
+    if _NODE_SAFE.fullmatch(node_id) and node_id not in (".", ".."):
+        return node_id
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", node_id)[:40].strip(".") or "node"
+    return f"{cleaned}-{hashlib.sha256(node_id.encode('utf-8')).hexdigest()[:12]}"
 
 
 class SpoolFullError(OSError):
@@ -105,10 +125,15 @@ class SpoolUsage:
 class Spool:
     """Moves received files into place durably and keeps the spool within its limits."""
 
-    def __init__(self, root: Path, *, limit: int, min_free: int) -> None:
+    def __init__(
+        self, root: Path, *, limit: int, min_free: int, node_id: str | None = None
+    ) -> None:
         self.root = root
-        self.incoming = root / "incoming"
-        self.instances = root / "instances"
+        self.node_id = node_id
+        self.prefix = "" if node_id is None else f"nodes/{node_dir_name(node_id)}/"
+        self.node_dir = root / self.prefix if self.prefix else root
+        self.incoming = self.node_dir / "incoming"
+        self.instances = self.node_dir / "instances"
         self.limit = limit
         self.min_free = min_free
         self._lock = threading.Lock()
@@ -117,7 +142,7 @@ class Spool:
 
     def prepare(self) -> None:
         """Create the directories and count what is already spooled."""
-        for d in (self.root, self.incoming, self.instances):
+        for d in (self.root, self.node_dir, self.incoming, self.instances):
             d.mkdir(parents=True, exist_ok=True)
         total = 0
         with os.scandir(self.instances) as it:
@@ -200,7 +225,7 @@ class Spool:
             raise
         with self._lock:
             self._bytes_used += size
-        return f"instances/{name}", size
+        return f"{self.prefix}instances/{name}", size
 
     def remove(self, relative: str) -> None:
         """Delete a spool file (after delivery).
@@ -229,3 +254,18 @@ class Spool:
 
     def spooled_files(self) -> list[Path]:
         return sorted(p for p in self.instances.iterdir() if p.is_file())
+
+    def relative(self, path: Path) -> str:
+        """How the state store names a spool file: its path relative to the spool directory."""
+        return path.relative_to(self.root).as_posix()
+
+    def other_nodes(self) -> dict[str, Path]:
+        """Directory name → directory of every other node's part of a shared spool.
+
+        Reconciliation reads these only for nodes the state store says are dead.
+        """
+        nodes = self.root / "nodes"
+        if not nodes.is_dir():
+            return {}
+        own = self.node_dir.resolve()
+        return {d.name: d for d in sorted(nodes.iterdir()) if d.is_dir() and d.resolve() != own}
