@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,9 @@ from dicomgate.config import (
     load_settings,
     unknown_environment,
 )
+
+if TYPE_CHECKING:  # the store's modules are imported by the commands that need them
+    from dicomgate.state import StateStore
 
 __all__ = ["main"]
 
@@ -125,6 +128,20 @@ def echo(
     sys.exit(0 if ok else 1)
 
 
+def _open_store(settings: Settings) -> StateStore:
+    """The node's state store, read-only; exits with a message when there is none."""
+    from dicomgate.state import StateError, open_state
+
+    if settings.state == "sqlite" and not settings.state_path.exists():
+        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
+        sys.exit(1)
+    try:
+        return open_state(settings, readonly=True, create=False)
+    except StateError as exc:
+        click.echo(f"dicomgate: {exc} (DICOMGATE_STATE)", err=True)
+        sys.exit(1)
+
+
 @main.command()
 @_config_option
 @_data_dir_option
@@ -134,17 +151,27 @@ def status(
     config_file: Path | None, data_dir: Path | None, study: str | None, as_json: bool
 ) -> None:
     """Show what the state store holds: studies and their instances by state."""
-    from dicomgate.state import StateStore
-
     settings = settings_or_exit(config_file, data_dir=data_dir)
-    if not settings.state_path.exists():
-        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
-        sys.exit(1)
-    with StateStore.open(settings.state_path, readonly=True) as store:
+    with _open_store(settings) as store:
         report = store.status_report(study)
+        nodes = store.nodes()
+    report["nodes"] = [
+        {
+            "node_id": n.node_id,
+            "alive": n.alive,
+            "last_heartbeat": n.last_heartbeat,
+            "open_associations": n.open_associations,
+        }
+        for n in nodes
+    ]
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         sys.exit(1 if study and not report["studies"] else 0)
+    for n in report["nodes"]:
+        click.echo(
+            f"node {n['node_id']}  {'alive' if n['alive'] else 'dead'}  "
+            f"{n['open_associations']} open associations"
+        )
     studies = report["studies"]
     if not studies:
         click.echo(f"no study {study}" if study else "no studies")
@@ -191,13 +218,9 @@ def links(
 
     from dicomgate.delivery.errors import DeliveryError
     from dicomgate.delivery.reissue import StudyNotDeliveredError, reissue_links
-    from dicomgate.state import StateStore
 
     settings = settings_or_exit(config_file, data_dir=data_dir, destination=destination)
-    if not settings.state_path.exists():
-        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
-        sys.exit(1)
-    with StateStore.open(settings.state_path, readonly=True) as store:
+    with _open_store(settings) as store:
         try:
             link_set = asyncio.run(reissue_links(settings, store, study, expires_in=expires_in))
         except (StudyNotDeliveredError, DeliveryError) as exc:

@@ -10,13 +10,13 @@ Order of work for one instance (promise 1 — no acknowledged instance is lost):
 2. header checks (parse, SOP Class/Instance match the request, UIDs valid) → 0xA900 / 0xC0xx;
 3. duplicate check: same SOP Instance UID and same bytes → success, nothing stored twice;
    same UID, different bytes → stored as a new version and logged;
-4. fsync + rename + directory fsync into the spool, then the state-store row;
+4. fsync + rename + directory fsync into the spool, then the state-store row (one atomic
+   admission: duplicate check and version allocation, safe between nodes);
 5. only then 0x0000.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import threading
 import zlib
@@ -29,7 +29,7 @@ from dicomgate._tracebacks import safe_traceback
 from dicomgate.checks import HeaderUIDs, Refusal, check_header
 from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool, SpoolFullError, sha256_file
-from dicomgate.state import InstanceRecord, StateStore
+from dicomgate.state import AdmitOutcome, InstanceRecord, StateStore
 from dicomgate.status import Status
 
 __all__ = ["Ingest", "StoreOutcome", "StoreRequest"]
@@ -74,9 +74,12 @@ class Ingest:
         state: StateStore,
         pseudonymizer: Pseudonymizer,
         on_stored: Callable[[InstanceRecord], None] | None = None,
+        *,
+        node_id: str = "",
     ) -> None:
         self.spool = spool
         self.state = state
+        self.node_id = node_id  # recorded on every row: whose spool holds the raw copy
         self._pseudo = pseudonymizer
         self._on_stored = on_stored
         # Two associations storing the same SOP Instance UID at once must not pick the same
@@ -136,57 +139,74 @@ class Ingest:
         # delivered, so A, then B, then A again makes A the newest (version 3).
         newest = self.state.latest_version(uids.sop_instance_uid)
         new_sha: str | None = None
-        if newest is not None and newest.size == size:
-            old_sha = newest.sha256 or self._backfill_sha(newest)
-            new_sha = sha256_file(req.path)[0] if old_sha is not None else None
-            if old_sha is not None and new_sha == old_sha:
-                log.info(
-                    "duplicate instance, already stored",
-                    instance=self._pseudo.log_id(uids.sop_instance_uid),
-                    version=newest.version,
-                )
-                return StoreOutcome(Status.SUCCESS, record=newest, duplicate=True)
-
-        version = newest.version + 1 if newest is not None else 1
-        relative, size = self.spool.admit(req.path, uids.sop_instance_uid, version)
-        record = InstanceRecord(
-            sop_instance_uid=uids.sop_instance_uid,
-            version=version,
-            study_instance_uid=uids.study_instance_uid,
-            series_instance_uid=uids.series_instance_uid,
-            sop_class_uid=uids.sop_class_uid,
-            transfer_syntax_uid=uids.transfer_syntax_uid,
-            size=size,
-            sha256=new_sha,
-            spool_path=relative,
-            calling_ae=req.calling_ae,
-            peer_address=req.peer_address,
-            association_id=req.association_id,
-        )
-        try:
-            row_id = self.state.insert_instance(record)
-        except BaseException:
-            # Durable but unrecorded and about to be refused: take it out of the spool, or a
-            # restart would adopt (and deliver) an instance the sender was told failed.
-            self.spool.remove(relative)
-            raise
-        stored = dataclasses.replace(record, id=row_id)
+        source, relative = req.path, None
+        while True:
+            if newest is not None and newest.size == size:
+                old_sha = newest.sha256 or self._backfill_sha(newest)
+                if old_sha is not None and new_sha is None:
+                    new_sha = sha256_file(source)[0]
+                if old_sha is not None and new_sha == old_sha:
+                    if relative is not None:  # spooled before another node admitted it
+                        self.spool.remove(relative)
+                    return self._duplicate(uids, newest)
+            version = newest.version + 1 if newest is not None else 1
+            if relative is not None:
+                self.spool.release(size)  # admitted again below, under its new version
+            relative, size = self.spool.admit(source, uids.sop_instance_uid, version)
+            source = self.spool.path_of(relative)
+            record = InstanceRecord(
+                sop_instance_uid=uids.sop_instance_uid,
+                version=version,
+                study_instance_uid=uids.study_instance_uid,
+                series_instance_uid=uids.series_instance_uid,
+                sop_class_uid=uids.sop_class_uid,
+                transfer_syntax_uid=uids.transfer_syntax_uid,
+                size=size,
+                sha256=new_sha,
+                spool_path=relative,
+                calling_ae=req.calling_ae,
+                peer_address=req.peer_address,
+                association_id=req.association_id,
+                node_id=self.node_id,
+            )
+            try:
+                # one atomic step: duplicate check and version allocation (compare-and-set)
+                admission = self.state.admit(record)
+            except BaseException:
+                # Durable but unrecorded and about to be refused: take it out of the spool, or a
+                # restart would adopt (and deliver) an instance the sender was told failed.
+                self.spool.remove(relative)
+                raise
+            if admission.outcome == AdmitOutcome.ADMITTED:
+                break
+            if admission.outcome == AdmitOutcome.DUPLICATE:
+                self.spool.remove(relative)
+                return self._duplicate(uids, admission.record)
+            newest = admission.record  # CONFLICT: another node admitted a version meanwhile
         if version > 1:
             log.warning(
                 "instance re-sent with different content, kept as a new version",
                 instance=self._pseudo.log_id(uids.sop_instance_uid),
                 version=version,
             )
-        return StoreOutcome(Status.SUCCESS, record=stored)
+        return StoreOutcome(Status.SUCCESS, record=admission.record)
+
+    def _duplicate(self, uids: HeaderUIDs, newest: InstanceRecord) -> StoreOutcome:
+        log.info(
+            "duplicate instance, already stored",
+            instance=self._pseudo.log_id(uids.sop_instance_uid),
+            version=newest.version,
+        )
+        return StoreOutcome(Status.SUCCESS, record=newest, duplicate=True)
 
     def _backfill_sha(self, old: InstanceRecord) -> str | None:
-        if old.spool_path is None or old.id is None:
+        if old.spool_path is None:
             return None
         path = self.spool.path_of(old.spool_path)
         if not path.exists():
             return None
         sha, _ = sha256_file(path)
-        self.state.set_sha256(old.id, sha)
+        self.state.set_sha256(old.key, sha)
         return sha
 
     def _refuse(self, req: StoreRequest, refusal: Refusal) -> StoreOutcome:

@@ -38,7 +38,7 @@ from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.spool import Spool
-from dicomgate.state import InstanceRecord, StateStore
+from dicomgate.state import InstanceRecord, StateError, StateStore, is_shared, open_state
 
 __all__ = ["DataDirInUseError", "Node", "StartupError", "run_node"]
 
@@ -56,14 +56,14 @@ class DataDirInUseError(StartupError):
 _DATA_DIR_SETTING = "--data-dir / DICOMGATE_DATA_DIR"
 
 
-def _data_dir_error(settings: Settings, exc: OSError | sqlite3.Error) -> StartupError:
+def _data_dir_error(settings: Settings, exc: OSError | sqlite3.Error | StateError) -> StartupError:
     """The data directory cannot be used: say which one and which setting names it.
 
     Only the data directory and the OS's reason are quoted, never ``exc.filename``: the failing
     file may be in the spool, whose names are original SOP Instance UIDs.
     """
     path = settings.data_dir.absolute()
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error | StateError):
         why = f"the state store cannot be opened ({exc})"
     elif isinstance(exc, FileExistsError) or (path.exists() and not path.is_dir()):
         why = "it exists and is not a directory"
@@ -182,6 +182,42 @@ class Node:
             ) from None
         self._lock_fd = fd
 
+    def _join(self, state: StateStore) -> None:
+        """Enter the store as this node: same key as the others, a heartbeat, and the work of
+        nodes that are gone released so it is adopted (each instance exactly once: claims).
+
+        With SQLite this process holds the data directory's lock, so every other owner of a
+        claim is a previous run of this node (a crash): its claims go at once rather than
+        after their leases expire. With a shared store only nodes whose heartbeat expired go.
+        """
+        s = self.settings
+        if is_shared(s) and not self.secret_key.explicit:
+            raise StartupError(
+                "a shared state store (DICOMGATE_STATE) needs an explicit pseudonymization key "
+                "on every node: set DICOMGATE_SECRET_KEY, DICOMGATE_SECRET_KEY_FILE or "
+                "DICOMGATE_SECRET_KEY_ARN"
+            )
+        fingerprint = self.secret_key.fingerprint
+        stored = state.key_fingerprint(fingerprint)
+        if stored != fingerprint:
+            if is_shared(s):
+                raise StartupError(
+                    "the state store is shared by nodes with another pseudonymization key: "
+                    "set the same DICOMGATE_SECRET_KEY (or DICOMGATE_SECRET_KEY_FILE, "
+                    "DICOMGATE_SECRET_KEY_ARN) on every node"
+                )
+            log.warning(
+                "pseudonymization key differs from the one this state store began with: "
+                "studies continued now get new pseudonyms"
+            )
+        state.heartbeat(s.node_id, info={"version": __version__, "ae_title": s.ae_title})
+        gone = {n.node_id for n in state.nodes() if not n.alive}
+        if not is_shared(s):
+            gone |= state.lease_owners() | {n.node_id for n in state.nodes()}
+        released = sum(state.release_node(node) for node in gone - {s.node_id})
+        if released:
+            log.info("work of stopped nodes released", leases=released)
+
     def start(self) -> tuple[str, int]:
         try:
             return self._start()
@@ -193,10 +229,11 @@ class Node:
         self._lock_data_dir()
         try:
             self.spool.prepare()
-            self.state = StateStore.open(self.settings.state_path)
-        except (OSError, sqlite3.Error) as exc:
+            self.state = open_state(self.settings)
+        except (OSError, sqlite3.Error, StateError) as exc:
             raise _data_dir_error(self.settings, exc) from None
-        self.reconcile_report = reconcile(self.spool, self.state)
+        self._join(self.state)
+        self.reconcile_report = reconcile(self.spool, self.state, node_id=self.settings.node_id)
         # The ops port is bound before the DICOM listener announces itself, so a busy ops port
         # is the only error, not one that follows a "listening" line pointing the wrong way.
         if self.settings.ops_enabled:
@@ -218,7 +255,13 @@ class Node:
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
-        ingest = Ingest(self.spool, self.state, self.pseudonymizer, on_stored=self.on_stored)
+        ingest = Ingest(
+            self.spool,
+            self.state,
+            self.pseudonymizer,
+            on_stored=self.on_stored,
+            node_id=self.settings.node_id,
+        )
         self.scp = StoreSCP(self.settings, ingest, self.metrics)
         s = self.settings
         try:
@@ -307,8 +350,13 @@ class Node:
             finally:
                 self.loop_thread.stop()
             self.pipeline = None
-        # 3. close the state store and let the next node have the data directory
+        # 3. leave the store (nothing of this node's is held any more), close it, and let the
+        # next node have the data directory
         if self.state is not None:
+            try:
+                self.state.release_node(self.settings.node_id)
+            except Exception as exc:  # a node that cannot say goodbye simply expires
+                log.warning("could not leave the state store", error=type(exc).__name__)
             self.state.close()
             self.state = None
         if self._lock_fd is not None:

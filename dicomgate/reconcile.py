@@ -44,7 +44,9 @@ class ReconcileReport:
         }
 
 
-def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
+def reconcile(spool: Spool, state: StateStore, *, node_id: str = "") -> ReconcileReport:
+    """Settle the spool against the store; ``node_id`` is the node doing it (rows it rebuilds
+    are its own, and quarantines go through a claim like every transition)."""
     report = ReconcileReport()
     for leftover in spool.leftover_incoming():
         leftover.unlink(missing_ok=True)
@@ -75,14 +77,14 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
             # A row without a path: the file was purged after delivery but the unlink did not
             # survive (power loss), or a backup was restored. Delivered: drop the stale copy;
             # otherwise the row needs its file back.
-            if existing.state in _NEEDS_FILE and existing.id is not None:
-                state.set_spool_path(existing.id, relative)
+            if existing.state in _NEEDS_FILE:
+                state.set_spool_path(existing.key, relative)
                 report.rows_rebuilt += 1
             else:
                 spool.remove(relative)
                 report.stale_removed += 1
             continue
-        state.insert_instance(
+        state.admit_recovered(
             InstanceRecord(
                 sop_instance_uid=header.sop_instance_uid,
                 version=version,
@@ -96,19 +98,22 @@ def reconcile(spool: Spool, state: StateStore) -> ReconcileReport:
                 peer_address="",
                 association_id="recovered",
                 received_at=path.stat().st_mtime,
+                node_id=node_id,
             )
         )
         report.rows_rebuilt += 1
 
     for relative, rec in rows.items():
-        if relative in on_disk or rec.id is None:
+        if relative in on_disk:
             continue
         report.rows_missing_file += 1
         if rec.state in _NEEDS_FILE:
-            state.set_state(
-                rec.id, InstanceState.QUARANTINED, reason="spool file missing at start-up"
-            )
-        state.set_spool_path(rec.id, None)
+            # claimed first: a node carrying it (a shared store) finds out by LeaseLost
+            lease = state.claim_instance(rec.key, node_id)
+            if lease is None:
+                continue  # another node holds it and will find the file missing itself
+            state.quarantine(lease, stage="spool", reason="spool file missing at start-up")
+        state.set_spool_path(rec.key, None)
 
     level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"
     getattr(log, level)("spool reconciled", **report.as_dict())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from dicomgate.state.sqlite import SqliteStateStore
 from dicomgate.testing import write_ct_study
 from tests.helpers import dataset_bytes, send_files, serve_process, wait_for
 
@@ -54,14 +54,8 @@ def test_sigkill_mid_study_loses_no_acknowledged_instance(tmp_path: Path) -> Non
         [report] = node.events("spool reconciled")
         assert report["files_unreadable"] == 0
 
-    db = sqlite3.connect(data_dir / "state.sqlite3")
-    rows = {
-        uid: (path, size)
-        for uid, path, size in db.execute(
-            "SELECT sop_instance_uid, spool_path, size FROM instances"
-        )
-    }
-    db.close()
+    with SqliteStateStore.open(data_dir / "state.sqlite3", readonly=True) as store:
+        rows = {r.sop_instance_uid: (r.spool_path, r.size) for r in store.instances()}
     for original in acked:
         ds = dcmread(original, stop_before_pixels=True)
         uid = str(ds.SOPInstanceUID)

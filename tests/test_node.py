@@ -144,7 +144,8 @@ def test_reconcile_after_crash_leftovers(tmp_path: Path) -> None:
         records = n.node.state.instances()
     lost_row, lost_file = records[0], records[1]
     db = sqlite3.connect(data / "state.sqlite3")
-    db.execute("DELETE FROM instances WHERE id = ?", (lost_row.id,))
+    # the row lost with the process (SQLite fault injection: no interface deletes rows)
+    db.execute("DELETE FROM instances WHERE sop_instance_uid = ? AND version = ?", lost_row.key)
     db.commit()
     db.close()
     (data / "spool" / str(lost_file.spool_path)).unlink()

@@ -1,8 +1,10 @@
 """The asyncio pipeline: spool → validate → de-identify → verify → upload → manifest → notify.
 
-The state store is the queue. A feeder reads instances still to carry (``received`` or
-``processed``, so whatever was unfinished at the last stop resumes) and hands them to bounded
-queues; processors run the CPU-heavy stages in a process pool; uploaders put the staged
+The state store is the queue. A feeder *claims* instances still to carry (``received`` or
+``processed``, so whatever was unfinished at the last stop resumes) under this node's id — a
+lease, renewed while the instance is carried, that every later transition checks (another node
+sharing the store never carries the same instance; a lease lost means drop it) — and hands them
+to bounded queues; processors run the CPU-heavy stages in a process pool; uploaders put the staged
 de-identified files to the destination with retries; the study tracker publishes a manifest,
 links and a notification once a study is complete.
 
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import multiprocessing
 import os
 import time
@@ -45,7 +48,15 @@ from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance, wo
 from dicomgate.pipeline.validate import AcceptRules
 from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool
-from dicomgate.state import InstanceRecord, InstanceState, StateStore
+from dicomgate.state import (
+    DEFAULT_LEASE_SECONDS,
+    InstanceKey,
+    InstanceRecord,
+    InstanceState,
+    Lease,
+    LeaseLost,
+    StateStore,
+)
 
 __all__ = ["Pipeline"]
 
@@ -72,9 +83,12 @@ class Pipeline:
         ingest_busy: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
         workers: int | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self.settings = settings
         self.state = state
+        self.node_id = settings.node_id
+        self.lease_seconds = lease_seconds
         self.spool = spool
         self.destination = destination
         self._pz = pseudonymizer
@@ -94,11 +108,12 @@ class Pipeline:
         self._upload_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(
             settings.delivery_concurrency * 2
         )
-        self._carrying: set[int] = set()  # row ids somewhere in the pipeline right now
+        # instances somewhere in this node's pipeline right now, with their current lease
+        self._carrying: dict[InstanceKey, Lease] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._crashes: dict[int, int] = {}
+        self._crashes: dict[InstanceKey, int] = {}
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.publisher = StudyPublisher(
             settings,
@@ -107,6 +122,7 @@ class Pipeline:
             notifiers=notifiers,
             pseudonymizer=pseudonymizer,
             metrics=metrics,
+            lease_seconds=lease_seconds,
         )
         self._busy_since: float | None = None
 
@@ -141,6 +157,7 @@ class Pipeline:
             for i in range(self.settings.delivery_concurrency)
         ]
         self._tasks.append(spawn("track", self._track_once))
+        self._tasks.append(spawn("renew", self._renew_once))
         log.info(
             "pipeline started",
             workers=self._workers,
@@ -168,6 +185,10 @@ class Pipeline:
         if stuck:
             log.warning("pipeline tasks did not stop", tasks=[t.get_name() for t in stuck])
         await self.publisher.close()
+        # unfinished instances go back at once: another node (or the next start) takes them
+        for lease in list(self._carrying.values()):
+            with contextlib.suppress(Exception):
+                self.state.release(lease)
         # 4. release the workers (disposable: nothing of theirs is needed) and the destination
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -209,17 +230,21 @@ class Pipeline:
     # -- feeding ----------------------------------------------------------------------------------
     async def _feed_once(self) -> None:
         self._wake.clear()
-        rows = self.state.work_to_do(limit=64, exclude=self._carrying)
-        for rec in rows:
+        claims = self.state.claim_work(
+            self.node_id, limit=64, lease_seconds=self.lease_seconds, exclude=self._carrying
+        )
+        for n, claim in enumerate(claims):
             if self._stopping:
+                for left in claims[n:]:  # claimed but not started: back at once
+                    self.state.release(left.lease)
                 return
-            assert rec.id is not None
-            self._carrying.add(rec.id)
+            rec = claim.record
+            self._carrying[rec.key] = claim.lease
             if rec.state == InstanceState.PROCESSED and self._staged_ok(rec):
                 await self._upload_q.put(rec)
             else:
                 await self._process_q.put(rec)
-        if len(rows) < 64:
+        if len(claims) < 64:
             if self._ingest_busy():
                 await asyncio.sleep(0.1)  # many wakes while receiving: poll less often
             # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
@@ -228,8 +253,32 @@ class Pipeline:
                 async with asyncio.timeout(1.0):
                     await self._wake.wait()
 
+    async def _renew_once(self) -> None:
+        """Renew every lease this node carries, a third of a lease before it would expire; a
+        lease found lost is dropped here, and the work on it fails at its next transition."""
+        await asyncio.sleep(self.lease_seconds / 3)
+        for key, lease in list(self._carrying.items()):
+            try:
+                renewed = await asyncio.to_thread(
+                    self.state.renew, lease, lease_seconds=self.lease_seconds
+                )
+            except LeaseLost:
+                log.warning("instance taken over by another node", version=key.version)
+                continue
+            if self._carrying.get(key) is lease:  # not finished meanwhile
+                self._carrying[key] = renewed
+
+    def _lease(self, rec: InstanceRecord) -> Lease:
+        return self._carrying[rec.key]
+
+    def _finished(self, rec: InstanceRecord) -> None:
+        """A transition released the lease (terminal, requeued): nothing to give back."""
+        self._carrying.pop(rec.key, None)
+
     def _staging_path(self, rec: InstanceRecord) -> Path:
-        return self.staging / f"{rec.id}.dcm"
+        # named by a digest of the key: no original UID in a file name outside the spool
+        digest = hashlib.sha256(f"{rec.sop_instance_uid}~v{rec.version}".encode()).hexdigest()
+        return self.staging / f"{digest[:32]}.dcm"
 
     def _staged_ok(self, rec: InstanceRecord) -> bool:
         """A staged file from before a restart is used only if it is whole."""
@@ -239,17 +288,20 @@ class Pipeline:
         except FileNotFoundError:
             return False
 
-    def _quarantine(self, rec: InstanceRecord, *, stage: str, reason: str) -> None:
+    def _quarantine(
+        self, rec: InstanceRecord, *, stage: str, reason: str, sha256: str | None = None
+    ) -> None:
         # pseudonymized identity recorded too: status pages may name the instance by it
-        assert rec.id is not None
         self.state.quarantine(
-            rec.id,
+            self._lease(rec),
             stage=stage,
             reason=reason,
             deid_sop_uid=rec.deid_sop_uid or self.publisher.pseudo_uid(rec.sop_instance_uid),
             deid_series_uid=rec.deid_series_uid
             or self.publisher.pseudo_uid(rec.series_instance_uid),
+            sha256=sha256,
         )
+        self._finished(rec)
         self._count("quarantined")
 
     def _count(self, outcome: str) -> None:
@@ -257,17 +309,28 @@ class Pipeline:
             self._metrics.pipeline.labels(outcome).inc()
 
     def _done(self, rec: InstanceRecord) -> None:
-        assert rec.id is not None
-        self._carrying.discard(rec.id)
-        self._crashes.pop(rec.id, None)
+        """The pipeline let go of an instance: a lease still held (nothing final happened:
+        a worker crash, a stop) goes back, so the instance can be claimed again at once."""
+        lease = self._carrying.pop(rec.key, None)
+        if lease is not None:
+            self.state.release(lease)
+        self._crashes.pop(rec.key, None)
         self._wake.set()
+
+    def _lost(self, rec: InstanceRecord) -> None:
+        """Another node took the instance over (this node stalled past its lease)."""
+        self._carrying.pop(rec.key, None)
+        log.warning(
+            "instance taken over by another node, dropped here",
+            instance=self._pz.log_id(rec.sop_instance_uid),
+            version=rec.version,
+        )
 
     def _superseded(self, rec: InstanceRecord) -> bool:
         """An older version with a newer one behind it is not delivered (the newest wins)."""
-        if not self.state.is_superseded(rec):
+        if not self.state.supersede_if_stale(self._lease(rec)):
             return False
-        assert rec.id is not None
-        self.state.supersede(rec.id)
+        self._finished(rec)
         self._staging_path(rec).unlink(missing_ok=True)
         return True
 
@@ -299,13 +362,14 @@ class Pipeline:
         handed_on = False
         try:
             handed_on = await self._process(rec)
+        except LeaseLost:
+            self._lost(rec)
         finally:
             if not handed_on:
                 self._done(rec)
 
     async def _process(self, rec: InstanceRecord) -> bool:
         """Process one instance; True if it went on to the upload queue."""
-        assert rec.id is not None
         if self._superseded(rec):
             return False
         if rec.spool_path is None:
@@ -314,7 +378,6 @@ class Pipeline:
         pool = self._pool
         assert pool is not None
         order = WorkOrder(
-            row_id=rec.id,
             raw_path=str(self.spool.path_of(rec.spool_path)),
             staging_path=str(self._staging_path(rec)),
             deid=self._deid,
@@ -327,7 +390,8 @@ class Pipeline:
         except Exception as exc:  # a bug in a stage: keep the instance, say why
             log.error(
                 "processing failed",
-                row=rec.id,
+                instance=self._pz.log_id(rec.sop_instance_uid),
+                version=rec.version,
                 error=type(exc).__name__,
                 traceback=safe_traceback(exc),
             )
@@ -341,10 +405,14 @@ class Pipeline:
         Every job running in the broken pool fails with it; only the first to notice rebuilds,
         and each instance may be retried up to ``_MAX_WORKER_CRASHES`` times.
         """
-        assert rec.id is not None
-        crashes = self._crashes.get(rec.id, 0) + 1
-        self._crashes[rec.id] = crashes
-        log.error("worker process died", row=rec.id, crashes=crashes)
+        crashes = self._crashes.get(rec.key, 0) + 1
+        self._crashes[rec.key] = crashes
+        log.error(
+            "worker process died",
+            instance=self._pz.log_id(rec.sop_instance_uid),
+            version=rec.version,
+            crashes=crashes,
+        )
         if self._pool is pool:
             pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
@@ -353,13 +421,13 @@ class Pipeline:
         return False  # either way the feeder (or nobody) hands it out again
 
     async def _record(self, rec: InstanceRecord, result: WorkResult) -> bool:
-        assert rec.id is not None
         if result.quarantined:
-            if result.raw_sha256:
-                self.state.record_processed(
-                    rec.id, rec.study_instance_uid, sha256=result.raw_sha256
-                )
-            self._quarantine(rec, stage=result.stage or "process", reason=result.reason or "")
+            self._quarantine(
+                rec,
+                stage=result.stage or "process",
+                reason=result.reason or "",
+                sha256=result.raw_sha256,
+            )
             log.warning(
                 "instance quarantined",
                 instance=self._pz.log_id(rec.sop_instance_uid),
@@ -378,7 +446,7 @@ class Pipeline:
             "series_number": result.series_number,
             "instance_number": result.instance_number,
         }
-        self.state.record_processed(rec.id, rec.study_instance_uid, **fields)
+        self.state.record_processed(self._lease(rec), **fields)
         self._count("processed")
         updated = dataclasses.replace(rec, state=InstanceState.PROCESSED, **fields)
         await self._upload_q.put(updated)
@@ -397,6 +465,8 @@ class Pipeline:
             async with self._key_lock(key):
                 if not self._superseded(rec):
                     await self._upload(rec, key)
+        except LeaseLost:
+            self._lost(rec)
         finally:
             self._done(rec)
 
@@ -416,7 +486,6 @@ class Pipeline:
                 self._key_locks[key] = (lock, users - 1)
 
     async def _upload(self, rec: InstanceRecord, key: str) -> None:
-        assert rec.id is not None
         path = self._staging_path(rec)
         started = time.monotonic()
         attempt = 0
@@ -429,7 +498,9 @@ class Pipeline:
                 if self._metrics is not None:
                     self._metrics.upload_retries.inc()
                 self.state.record_retry(
-                    rec.id, stage="upload", reason=f"{exc.code or type(exc).__name__}: will retry"
+                    self._lease(rec),
+                    stage="upload",
+                    reason=f"{exc.code or type(exc).__name__}: will retry",
                 )
                 if self._stopping:
                     return  # stays 'processed'; resumes at the next start
@@ -443,7 +514,8 @@ class Pipeline:
                 delay = backoff(attempt, cap=min(60.0, self.settings.retry_for))
                 log.warning(
                     "upload failed, will retry",
-                    row=rec.id,
+                    instance=self._pz.log_id(rec.sop_instance_uid),
+                    version=rec.version,
                     code=exc.code,
                     attempt=attempt,
                     in_s=round(delay, 2),
@@ -454,13 +526,24 @@ class Pipeline:
                     # the staged file does not match what the worker wrote (torn by a power
                     # loss): make it again from the raw copy
                     path.unlink(missing_ok=True)
-                    self.state.requeue(rec.id, reason="staged file damaged, redone")
-                    log.warning("staged file damaged, processing again", row=rec.id)
+                    self.state.requeue(self._lease(rec), reason="staged file damaged, redone")
+                    self._finished(rec)
+                    log.warning(
+                        "staged file damaged, processing again",
+                        instance=self._pz.log_id(rec.sop_instance_uid),
+                        version=rec.version,
+                    )
                     return
                 self._quarantine(rec, stage="upload", reason=f"{exc.code}: refused")
-                log.error("upload refused", row=rec.id, code=exc.code)
+                log.error(
+                    "upload refused",
+                    instance=self._pz.log_id(rec.sop_instance_uid),
+                    version=rec.version,
+                    code=exc.code,
+                )
                 return
-        self.state.record_uploaded(rec.id, key)
+        self.state.record_uploaded(self._lease(rec), key)
+        self._finished(rec)
         self._count("uploaded")
         path.unlink(missing_ok=True)
 
@@ -474,6 +557,6 @@ class Pipeline:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""
         cutoff = time.time() - self.settings.keep_raw_for
         for rec in self.state.purgeable(delivered_before=cutoff):
-            assert rec.id is not None and rec.spool_path is not None
+            assert rec.spool_path is not None
             self.spool.remove(rec.spool_path)
-            self.state.set_spool_path(rec.id, None)
+            self.state.set_spool_path(rec.key, None)

@@ -3,10 +3,18 @@
 Each complete study is published by its own task, so a slow webhook never holds up another
 study. The order makes delivery at-least-once without losing anything:
 
-1. build manifest N from the newest version of every instance of the study;
-2. upload the index, ``manifest-vN.json`` and ``manifest.json`` (overwrites: safe to repeat);
-3. mark exactly the rows listed as reported (an instance finishing meanwhile waits for N+1);
-4. sign links and notify; only when that succeeded is N recorded as notified.
+1. decide the study complete and allocate manifest version N in one atomic step of the state
+   store (:meth:`~dicomgate.state.StateStore.begin_publication`: a compare-and-set, so of
+   several nodes finding a study complete at once exactly one publishes N); the publication
+   is a lease, renewed while this node works on it;
+2. build manifest N from the newest version of every instance of the study;
+3. upload the index, ``manifest-vN.json`` and ``manifest.json`` (overwrites: safe to repeat);
+4. mark exactly the rows listed as reported, in idempotent chunks (an instance finishing
+   meanwhile waits for N+1), then record N as the study's manifest version;
+5. sign links and notify; only when that succeeded is N recorded as notified.
+
+A node dying inside 1-4 leaves its publication lease to expire; whoever takes the study next
+publishes the same version N again (overwriting the same objects).
 
 A crash between 3 and 4 leaves ``notified_version < manifest_version``; the tracker finds such
 studies (at start-up too) and announces them, reading manifest N back from the destination.
@@ -20,8 +28,9 @@ a partner is never silently left without its links. Every notification carries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +55,17 @@ from dicomgate.ops.metrics import Metrics
 from dicomgate.pipeline._retry import backoff
 from dicomgate.pipeline.tracker import is_complete
 from dicomgate.pseudonym import Pseudonymizer
-from dicomgate.state import InstanceState, StateStore, StudyProgress, StudyRecord
+from dicomgate.state import (
+    DEFAULT_LEASE_SECONDS,
+    MAX_BATCH,
+    InstanceKey,
+    InstanceState,
+    LeaseLost,
+    Publication,
+    StateStore,
+    StudyProgress,
+    StudyRecord,
+)
 
 __all__ = ["StudyPublisher"]
 
@@ -77,9 +96,12 @@ class StudyPublisher:
         notifiers: Sequence[Notifier],
         pseudonymizer: Pseudonymizer,
         metrics: Metrics | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self.settings = settings
         self.state = state
+        self.node_id = settings.node_id
+        self.lease_seconds = lease_seconds
         self.destination = destination
         self.notifiers = list(notifiers)
         self._pz = pseudonymizer
@@ -96,7 +118,7 @@ class StudyPublisher:
             if is_complete(
                 study, now=now, stable_after=self.settings.stable_after, in_flight=in_flight
             ):
-                self._spawn(uid, self._publish(study))
+                self._spawn(uid, self._publish(uid))
         owed = self.state.unnotified()
         if self._metrics is not None:
             self._metrics.notifications_owed.set(len(owed))
@@ -120,6 +142,8 @@ class StudyPublisher:
             self._not_before.pop(uid, None)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:  # another node took the study over: it is theirs now
+            log.warning("study publication taken over by another node")
         except NotificationNotDelivered:  # already logged; tried again later, not forgotten
             n = self._not_before.get(uid, (0, 0.0))[0] + 1
             self._not_before[uid] = (n, time.monotonic() + _OWED_RETRY_S)
@@ -160,12 +184,13 @@ class StudyPublisher:
             software=f"dicomgate {__version__}",
         )
 
-    def build_manifest(self, study: StudyProgress, version: int) -> tuple[Manifest, list[int]]:
-        """Manifest ``version`` of ``study`` and the ids of the rows it reports."""
+    def build_manifest(
+        self, study: StudyProgress, version: int
+    ) -> tuple[Manifest, list[InstanceKey]]:
+        """Manifest ``version`` of ``study`` and the keys of the rows it reports."""
         deid_study = study.deid_study_uid or self.pseudo_uid(study.study_instance_uid)
-        delivered, held, row_ids = [], [], []
+        delivered, held, keys = [], [], []
         for r in self.state.manifest_rows(study.study_instance_uid):
-            assert r.id is not None
             if r.state in (InstanceState.UPLOADED, InstanceState.DELIVERED):
                 assert r.deid_series_uid and r.deid_sop_uid and r.deid_sha256
                 assert r.deid_size is not None and r.object_key
@@ -196,7 +221,7 @@ class StudyPublisher:
                 )
             else:
                 continue  # still on its way: it belongs to the next version
-            row_ids.append(r.id)
+            keys.append(r.key)
         manifest = Manifest.build(
             study_instance_uid=deid_study,
             manifest_version=version,
@@ -209,34 +234,74 @@ class StudyPublisher:
             node=self.settings.ae_title,
             destination=self.destination.url,
         )
-        return manifest, row_ids
+        return manifest, keys
 
-    async def _publish(self, study: StudyProgress) -> None:
-        version = study.manifest_version + 1
-        manifest, row_ids = self.build_manifest(study, version)
-        await publish_manifest(self.destination, manifest)
-        self.state.set_study_pseudonym(study.study_instance_uid, manifest.study_instance_uid)
-        self.state.mark_reported(study.study_instance_uid, version, row_ids)
-        if self._metrics is not None:
-            self._metrics.studies_delivered.inc()
-        log.info(
-            "study delivered" if manifest.counts.instances else "study reported, nothing delivered",
-            study=manifest.study_instance_uid,
-            manifest_version=version,
-            instances=manifest.counts.instances,
-            quarantined=manifest.counts.quarantined,
+    @contextlib.asynccontextmanager
+    async def _held(self, pub: Publication) -> AsyncIterator[None]:
+        """Keep ``pub``'s lease alive while the body runs (a slow upload or webhook must not
+        let another node take the study over); give it up if the body fails."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                await asyncio.to_thread(
+                    self.state.renew_publication, pub, lease_seconds=self.lease_seconds
+                )
+
+        renewer = asyncio.get_running_loop().create_task(renew(), name="renew-publication")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.state.release_publication(pub)
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await renewer
+
+    async def _publish(self, study_instance_uid: str) -> None:
+        pub = self.state.begin_publication(
+            study_instance_uid,
+            self.node_id,
+            stable_after=self.settings.stable_after,
+            lease_seconds=self.lease_seconds,
         )
-        await self._notify(study.study_instance_uid, manifest)
+        if pub is None:  # not complete after all, or another node is publishing it
+            return
+        async with self._held(pub):
+            version = pub.version
+            manifest, keys = self.build_manifest(pub.study, version)
+            await publish_manifest(self.destination, manifest)
+            for start in range(0, len(keys), MAX_BATCH):
+                self.state.mark_reported(pub, keys[start : start + MAX_BATCH])
+            self.state.complete_publication(pub, manifest.study_instance_uid)
+            if self._metrics is not None:
+                self._metrics.studies_delivered.inc()
+            log.info(
+                "study delivered"
+                if manifest.counts.instances
+                else "study reported, nothing delivered",
+                study=manifest.study_instance_uid,
+                manifest_version=version,
+                instances=manifest.counts.instances,
+                quarantined=manifest.counts.quarantined,
+            )
+            await self._notify(pub, manifest)
 
     async def _announce(self, record: StudyRecord) -> None:
         """Notify for a manifest published earlier (a crash or failure came in between)."""
         assert record.deid_study_uid is not None
-        manifest = await load_manifest(
-            self.destination, record.deid_study_uid, record.manifest_version
+        pub = self.state.claim_announcement(
+            record.study_instance_uid, self.node_id, lease_seconds=self.lease_seconds
         )
-        await self._notify(record.study_instance_uid, manifest)
+        if pub is None:  # announced meanwhile, or another node is at it
+            return
+        async with self._held(pub):
+            manifest = await load_manifest(self.destination, record.deid_study_uid, pub.version)
+            await self._notify(pub, manifest)
 
-    async def _notify(self, study_instance_uid: str, manifest: Manifest) -> None:
+    async def _notify(self, pub: Publication, manifest: Manifest) -> None:
         """Links + every notifier; retryable failures are retried for ``retry_for``."""
         version = manifest.manifest_version
         links = await make_link_set(self.destination, manifest, self.settings.link_expiry)
@@ -272,4 +337,4 @@ class StudyPublisher:
                 next_try_in_s=_OWED_RETRY_S,
             )
             raise NotificationNotDelivered
-        self.state.mark_notified(study_instance_uid, version)
+        self.state.mark_notified(pub)

@@ -64,7 +64,6 @@ class Quarantine(Exception):  # noqa: N818 - it is an outcome, not an error
 
 @dataclass(frozen=True)
 class WorkOrder:
-    row_id: int
     raw_path: str
     staging_path: str
     deid: DeidConfig
@@ -73,7 +72,6 @@ class WorkOrder:
 
 @dataclass(frozen=True)
 class WorkResult:
-    row_id: int
     raw_sha256: str | None = None
     stage: str | None = None
     reason: str | None = None
@@ -186,7 +184,6 @@ def process_instance(order: WorkOrder) -> WorkResult:
             job = stage(job)
     except Quarantine as q:
         return WorkResult(
-            row_id=order.row_id,
             raw_sha256=job.raw_sha256,
             stage=q.stage,
             reason=q.reason,
@@ -195,7 +192,6 @@ def process_instance(order: WorkOrder) -> WorkResult:
     assert job.out is not None and job.meta is not None
     out = job.out
     return WorkResult(
-        row_id=order.row_id,
         raw_sha256=job.raw_sha256,
         deid_study_uid=str(out.StudyInstanceUID),
         deid_series_uid=str(out.SeriesInstanceUID),

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
+from dicomgate.state.sqlite import SqliteStateStore
 from dicomgate.testing import make_ct_instance, write_ct_study
 from tests.helpers import serve_process, storescu, wait_for
 from tests.pipeline.test_e2e_s3 import node_env
@@ -44,12 +44,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _max_attempts(data_dir: Path) -> int:
-    db = sqlite3.connect(data_dir / "state.sqlite3")
-    try:
-        (n,) = db.execute("SELECT coalesce(max(attempts), 0) FROM instances").fetchone()
-        return int(n)
-    finally:
-        db.close()
+    with SqliteStateStore.open(data_dir / "state.sqlite3", readonly=True) as store:
+        return max((r.attempts for r in store.instances()), default=0)
 
 
 @pytest.mark.slow

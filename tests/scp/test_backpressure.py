@@ -88,7 +88,7 @@ def test_state_store_failure_leaves_no_spool_file(
         def locked(*args: object, **kw: object) -> int:
             raise sqlite3.OperationalError("database is locked")
 
-        monkeypatch.setattr(n.node.state, "insert_instance", locked)
+        monkeypatch.setattr(n.node.state, "admit", locked)
         assert send_files(n.host, n.port, [path]) == [0x0110]
         assert n.spool_files == [] and n.incoming_files == []
         assert n.node.spool.usage().bytes_used == 0
