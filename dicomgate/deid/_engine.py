@@ -65,6 +65,8 @@ _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US
 _NEEDS_VALUE = frozenset({None, "SQ", "UI", "UN"})
 _PATIENT_ID = 0x00100020
 _PATIENT_NAME = 0x00100010
+# Codes whose single action depends on what the IOD requires where the attribute stands.
+_IOD_DEPENDENT = frozenset({"X", "Z", "X/Z", "X/D", "X/Z/D"})
 
 
 def no_row_code(tag: int, vr: str, value: Any, profile: Profile, clean: bool) -> str:
@@ -235,6 +237,8 @@ class _Walker:
         self._uids: dict[str, str] = {}
         self._scrubber: Scrubber | None = None
         self._raw_codes = _raw_codes_for(profile)
+        # What the instance's IOD requires at the top level (PS3.15 E.1.1: IOD integrity).
+        self._top_required = _iod.requirements(str(root.get("SOPClassUID", "") or ""))
 
     # -- values ------------------------------------------------------------------------------
     def uid(self, value: str) -> str:
@@ -289,7 +293,9 @@ class _Walker:
         return out[0] if len(out) == 1 else out
 
     # -- the walk ----------------------------------------------------------------------------
-    def walk(self, src: Dataset, *, top: bool, clean: bool) -> Dataset:
+    def walk(self, src: Dataset, *, top: bool, clean: bool, parent: str = "") -> Dataset:
+        """De-identify one dataset: the instance (``top``) or an item of the sequence whose
+        keyword is ``parent``."""
         out = Dataset()
         out_dict = out._dict
         creators: dict[tuple[int, int], DataElement] = {}
@@ -347,7 +353,7 @@ class _Walker:
                     out[tag] = new
                     kept_blocks.add((group, element >> 8))
                 continue
-            new = self._public(elem, top=top, clean=clean)
+            new = self._public(elem, top=top, clean=clean, parent=parent)
             if new is not None:
                 out[tag] = new
         for key in kept_blocks:
@@ -382,10 +388,12 @@ class _Walker:
         """The action for a public, non-overridden, non-UI element, resolved as far as it
         can be without the value: K, X, or "" (decide on the decoded element)."""
         code = self._code(tag, vr, None, clean)
-        if code in ("K", "X", "Z", "D"):  # (no UI here: D would need the UIDs)
-            return code
-        if code in ("X/Z", "X/D", "X/Z/D") and _keyword(tag) not in _iod.REQUIRED:
-            return "X"  # _iod.resolve: not required by any IOD listed -> X, empty or not
+        if code in ("K", "D") or (code in ("X", "Z") and tag not in self.profile.rules):
+            return code  # (no UI here: D would need the UIDs)
+        if code in _IOD_DEPENDENT:
+            if _keyword(tag) in _iod.MAYBE_REQUIRED and tag in self.profile.rules:
+                return ""  # required by some IOD somewhere: decided where it stands
+            return _iod.resolve(code, None, False)  # X (Z for Z), empty or not
         return ""
 
     def _code(self, tag: int, vr: str, value: Any, clean: bool) -> str:
@@ -407,17 +415,40 @@ class _Walker:
                 return "X"
         return no_row_code(tag, vr, value, self.profile, clean)
 
-    def _public(self, elem: DataElement, *, top: bool, clean: bool) -> DataElement | None:
-        override = self.profile.overrides.get(int(elem.tag))
-        if override is not None:
-            code = override
-        else:
-            code = self._code(int(elem.tag), elem.VR, elem.value, clean)
+    def _public(
+        self, elem: DataElement, *, top: bool, clean: bool, parent: str = ""
+    ) -> DataElement | None:
+        tag = int(elem.tag)
+        override = self.profile.overrides.get(tag)
+        if override is not None:  # the site's explicit choice (K, X, R): as configured
+            return self._apply(override, elem, top=top, clean=clean)
+        code = self._code(tag, elem.VR, elem.value, clean)
+        if "/" in code or (code in _IOD_DEPENDENT and tag in self.profile.rules):
+            keyword = _keyword(tag)
+            required = (
+                _iod.NESTED.get((parent, keyword)) if parent else self._top_required.get(keyword)
+            )
+            resolved = _iod.resolve(code, required, _is_empty(elem.value))
+            if resolved == "D" and elem.VR == "SQ" and code.startswith("X"):
+                # A sequence the table removes but the IOD requires (Type 1): its items keep
+                # their structure, every text value a dummy; nothing of the original survives.
+                self.actions["D"] += 1
+                return DataElement(tag, "SQ", self._dummy_sequence(elem, keyword))
+            code = resolved
         return self._apply(code, elem, top=top, clean=clean)
 
+    def _dummy_sequence(self, elem: DataElement, keyword: str) -> Sequence:
+        """``elem``'s items walked under the profile (removals done, UIDs replaced), then every
+        text, name, date and time value left in them replaced by a dummy: the table wanted the
+        whole sequence gone, so not even a label it would keep elsewhere (a Code Meaning
+        naming an institution) may survive.  Codes (CS) and numbers stay: they keep the items
+        valid and cannot carry identity (PS3.15 E.1.1)."""
+        items = [self.walk(item, top=False, clean=False, parent=keyword) for item in elem.value]
+        for item in items:
+            _dummy_text(item)
+        return Sequence(items)
+
     def _apply(self, code: str, elem: DataElement, *, top: bool, clean: bool) -> DataElement | None:
-        if "/" in code:
-            code = _iod.resolve(code, _keyword(int(elem.tag)), _is_empty(elem.value), self.root)
         self.actions[code] += 1
         tag, vr = int(elem.tag), elem.VR
         if code == "X":
@@ -425,7 +456,11 @@ class _Walker:
         if vr == "SQ":
             if code == "Z":
                 return DataElement(tag, "SQ", Sequence())
-            items = [self.walk(item, top=False, clean=clean or code == "C") for item in elem.value]
+            keyword = _keyword(tag)
+            items = [
+                self.walk(item, top=False, clean=clean or code == "C", parent=keyword)
+                for item in elem.value
+            ]
             return DataElement(tag, "SQ", Sequence(items))
         if code == "K":
             return elem
@@ -496,6 +531,21 @@ class _Walker:
             # Binary values (timestamps, maker notes) have no readable form to clean: dummy.
             return DataElement(tag, vr, dummy_value(vr.split(" or ")[0]))
         return elem  # numbers
+
+
+_DUMMY_TEXT_VRS = frozenset(
+    {"AE", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
+)
+
+
+def _dummy_text(ds: Dataset) -> None:
+    """Replace every non-empty text value in ``ds`` (at any depth) with its VR's dummy."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _dummy_text(item)
+        elif elem.VR in _DUMMY_TEXT_VRS and not _is_empty(elem.value):
+            ds[elem.tag] = DataElement(elem.tag, elem.VR, dummy_value(elem.VR))
 
 
 def _file_meta(src: Dataset, out: Dataset) -> FileMetaDataset:
