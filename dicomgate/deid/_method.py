@@ -19,7 +19,7 @@ from pydicom.sr.codedict import codes
 from dicomgate.config import DeidOption
 from dicomgate.deid._profile import Profile
 
-__all__ = ["METHOD_TEXT", "option_codes", "record_method"]
+__all__ = ["METHOD_TEXT", "option_codes", "record_clean_pixel_data", "record_method"]
 
 METHOD_TEXT = "dicomgate: PS3.15 2026c Annex E Table E.1-1"
 
@@ -89,3 +89,25 @@ def record_method(ds: Dataset, profile: Profile) -> None:
         _LONGITUDINAL_MODIFIED,
         {"keep": "UNMODIFIED", "shift": "MODIFIED", "remove": "REMOVED"}[profile.date_mode],
     )
+
+
+def record_clean_pixel_data(ds: Dataset) -> None:
+    """Add CID 7050 113101 Clean Pixel Data Option to the record already in ``ds``.
+
+    Called only once the pixels of ``ds`` were examined for burned-in text and every region
+    found was blacked out (PS3.15 E.3.1): the code says that this was done, so it must not be
+    there otherwise.  Items stay sorted by code value, as :func:`record_method` writes them.
+    """
+    code = codes.DCM.CleanPixelDataOption
+    value = str(code.value)
+    seq = ds.get("DeidentificationMethodCodeSequence")
+    items = list(seq) if seq is not None else []
+    if any(str(item.get("CodeValue", "")) == value for item in items):
+        return
+    item = Dataset()
+    _put(item, _CODE_VALUE, value)
+    _put(item, _CODING_SCHEME_DESIGNATOR, str(code.scheme_designator))
+    _put(item, _CODE_MEANING, str(code.meaning))
+    items.append(item)
+    items.sort(key=lambda i: str(i.get("CodeValue", "")))
+    ds.DeidentificationMethodCodeSequence = Sequence(items)
