@@ -425,9 +425,12 @@ class _Walker:
         code = self._code(tag, elem.VR, elem.value, clean)
         if "/" in code or (code in _IOD_DEPENDENT and tag in self.profile.rules):
             keyword = _keyword(tag)
-            required = (
-                _iod.NESTED.get((parent, keyword)) if parent else self._top_required.get(keyword)
-            )
+            if parent:
+                required = _iod.NESTED.get((parent, keyword))
+            elif keyword in self._top_required:
+                required = _iod.required_at_top(keyword, self.root)
+            else:
+                required = None
             resolved = _iod.resolve(code, required, _is_empty(elem.value))
             if resolved == "D" and elem.VR == "SQ" and code.startswith("X"):
                 # A sequence the table removes but the IOD requires (Type 1): its items keep

@@ -52,7 +52,15 @@ from types import MappingProxyType
 from pydicom._uid_dict import UID_dictionary  # PS3.6 Annex A registry (behind UID.name)
 from pydicom.dataset import Dataset
 
-__all__ = ["MAYBE_REQUIRED", "NESTED", "REQUIRED", "Required", "requirements", "resolve"]
+__all__ = [
+    "MAYBE_REQUIRED",
+    "NESTED",
+    "REQUIRED",
+    "Required",
+    "required_at_top",
+    "requirements",
+    "resolve",
+]
 
 Required = str
 """``"1"`` (present with a value: Type 1/1C) or ``"2"`` (present, may be empty: Type 2/2C)."""
@@ -509,6 +517,21 @@ def requirements(sop_class_uid: str) -> Mapping[str, Required]:
     for module in modules:
         _merge(out, _MODULE_REQUIRED.get(module, {}))
     return MappingProxyType(out)
+
+
+#: Attributes whose value another attribute's condition reads: Responsible Person Role is Type
+#: 1C "if Responsible Person is present and has a value" (C.7.1.1), so when the role is there,
+#: an emptied Responsible Person would make it "present when condition unsatisfied": a dummy.
+_VALUE_READ_BY = {"ResponsiblePerson": "ResponsiblePersonRole"}
+
+
+def required_at_top(keyword: str, root: Dataset) -> Required | None:
+    """What the IOD of ``root`` requires of its top-level attribute ``keyword``."""
+    required = requirements(str(root.get("SOPClassUID", "") or "")).get(keyword)
+    reader = _VALUE_READ_BY.get(keyword)
+    if required is not None and reader is not None and root.get(reader, None) is not None:
+        return "1" if root[reader].value not in (None, "", b"") else required
+    return required
 
 
 def resolve(code: str, required: Required | None, empty: bool) -> str:
