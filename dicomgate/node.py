@@ -28,6 +28,7 @@ import pynetdicom.dimse_messages
 
 from dicomgate import __version__
 from dicomgate._logging import configure_logging, get_logger
+from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.delivery.destination import public_url
@@ -38,7 +39,15 @@ from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.spool import Spool
-from dicomgate.state import InstanceRecord, StateError, StateStore, is_shared, open_state
+from dicomgate.state import (
+    DEFAULT_HEARTBEAT_TTL,
+    DEFAULT_LEASE_SECONDS,
+    InstanceRecord,
+    StateError,
+    StateStore,
+    is_shared,
+    open_state,
+)
 
 __all__ = ["DataDirInUseError", "Node", "StartupError", "run_node"]
 
@@ -115,8 +124,19 @@ def _receive_into(directory: str) -> None:
 class Node:
     """One dicomgate node. ``start()`` returns once the SCP listens; ``stop()`` is ordered."""
 
-    def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pipeline: bool = True,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
+    ) -> None:
         self.settings = settings
+        self.lease_seconds = lease_seconds
+        self.heartbeat_ttl = heartbeat_ttl
+        self._stop_beating = threading.Event()
+        self._heart: threading.Thread | None = None
         self.secret_key = self._load_key()
         self.key = self.secret_key.value
         self.pseudonymizer = Pseudonymizer(self.key)
@@ -152,8 +172,9 @@ class Node:
             raise StartupError(f"unusable secret key: {exc}") from None
         return key
 
-    def on_stored(self, record: InstanceRecord) -> None:
-        """Called in an association thread once an instance is durable and recorded."""
+    def on_stored(self, record: InstanceRecord | None) -> None:
+        """Called in an association thread once an instance is durable and recorded (and by
+        the heartbeat with None when a dead node's work became claimable)."""
         if self.pipeline is not None and self.loop_thread is not None:
             self.loop_thread.call_soon(self.pipeline.wake)
 
@@ -210,13 +231,41 @@ class Node:
                 "pseudonymization key differs from the one this state store began with: "
                 "studies continued now get new pseudonyms"
             )
-        state.heartbeat(s.node_id, info={"version": __version__, "ae_title": s.ae_title})
+        state.heartbeat(s.node_id, info=self._info(), ttl=self.heartbeat_ttl)
         gone = {n.node_id for n in state.nodes() if not n.alive}
         if not is_shared(s):
             gone |= state.lease_owners() | {n.node_id for n in state.nodes()}
         released = sum(state.release_node(node) for node in gone - {s.node_id})
         if released:
             log.info("work of stopped nodes released", leases=released)
+
+    def _info(self) -> dict[str, str]:
+        return {"version": __version__, "ae_title": self.settings.ae_title}
+
+    def _heartbeat_loop(self, state: StateStore) -> None:
+        """Say "alive" every third of the heartbeat's lifetime; release the work of nodes whose
+        heartbeat expired, so this node's pipeline adopts it (claims make that exactly once)."""
+        me = self.settings.node_id
+        while not self._stop_beating.wait(self.heartbeat_ttl / 3):
+            try:
+                scp = self.scp
+                state.heartbeat(
+                    me,
+                    open_associations=len(scp.open_associations()) if scp is not None else 0,
+                    info=self._info(),
+                    ttl=self.heartbeat_ttl,
+                )
+                for node in state.nodes():
+                    if not node.alive and node.node_id != me:
+                        released = state.release_node(node.node_id)
+                        log.warning(
+                            "node stopped, its work released", node=node.node_id, leases=released
+                        )
+                        self.on_stored(None)  # work to adopt: the pipeline looks now
+            except Exception as exc:  # the store is down for a moment: try again next beat
+                log.error(
+                    "heartbeat failed", error=type(exc).__name__, traceback=safe_traceback(exc)
+                )
 
     def start(self) -> tuple[str, int]:
         try:
@@ -252,6 +301,7 @@ class Node:
                 in_flight=self._in_flight,
                 ingest_busy=self._ingest_busy,
                 metrics=self.metrics,
+                lease_seconds=self.lease_seconds,
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
@@ -272,6 +322,10 @@ class Node:
             ) from None
         if self.ops is not None:
             self._start_ops()
+        self._heart = threading.Thread(
+            target=self._heartbeat_loop, args=(self.state,), name="heartbeat", daemon=True
+        )
+        self._heart.start()
         self._announce(address)
         return address
 
@@ -352,6 +406,10 @@ class Node:
             self.pipeline = None
         # 3. leave the store (nothing of this node's is held any more), close it, and let the
         # next node have the data directory
+        self._stop_beating.set()
+        if self._heart is not None:
+            self._heart.join(timeout=10)
+            self._heart = None
         if self.state is not None:
             try:
                 self.state.release_node(self.settings.node_id)

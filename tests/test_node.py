@@ -17,16 +17,23 @@ from typing import IO, Any
 
 import pytest
 from pydicom import dcmread
+from structlog.testing import capture_logs
 
 import dicomgate
+import dicomgate.node as node_module
+from dicomgate.config import load_settings
+from dicomgate.node import Node, StartupError
+from dicomgate.state.sqlite import SqliteStateStore
 from dicomgate.testing import CT_PHI, write_ct_study
 from tests.helpers import (
+    TEST_KEY,
     associate,
     send_files,
     serve_process,
     start_node,
     stop_process,
     storescu,
+    wait_for,
 )
 
 
@@ -350,3 +357,68 @@ def test_unusable_data_dir_names_the_setting(tmp_path: Path) -> None:
     assert str(bad) in error["error"] and "not a directory" in error["error"]
     assert "--data-dir" in error["error"] and "DICOMGATE_DATA_DIR" in error["error"]
     assert "Traceback" not in text
+
+
+# -- the node in the state store (issue 8) ---------------------------------------------------------
+@contextlib.contextmanager
+def _node(data: Path, **node_kw: Any) -> Any:
+    """A node (SCP only) with the test key unless ``secret_key`` is given; stopped afterwards."""
+    settings = {"secret_key": TEST_KEY, **node_kw.pop("settings", {})}
+    node = Node(
+        load_settings(
+            data_dir=data, host="127.0.0.1", port=0, ops_port=0, min_free_space=0, **settings
+        ),
+        pipeline=False,
+        **node_kw,
+    )
+    address = node.start()
+    try:
+        yield node, address
+    finally:
+        node.stop(timeout=5)
+
+
+def test_heartbeat_and_dead_nodes_work_released(tmp_path: Path) -> None:
+    """A node beats while it runs, releases a dead node's claims, and leaves when it stops."""
+    data = tmp_path / "data"
+    [path] = write_ct_study(tmp_path / "s", 1, rows=16, columns=16)
+    with _node(data, heartbeat_ttl=0.6) as (node, (host, port)):
+        assert node.state is not None
+        assert send_files(host, port, [path]) == [0]
+        [me] = node.state.nodes()
+        assert me.node_id == node.settings.node_id and me.alive and me.info["ae_title"]
+        first_beat = me.last_heartbeat
+        with SqliteStateStore.open(data / "state.sqlite3") as other:  # a second node
+            other.heartbeat("ghost", ttl=0.1)
+            [claim] = other.claim_work("ghost", limit=1)
+            assert wait_for(lambda: other.get(claim.record.key).lease_owner is None, 5)  # type: ignore[union-attr]
+            assert [n.node_id for n in other.nodes()] == [me.node_id]
+            assert other.nodes()[0].last_heartbeat > first_beat
+    with SqliteStateStore.open(data / "state.sqlite3") as store:
+        assert store.nodes() == [] and store.lease_owners() == set()
+
+
+def test_another_key_is_refused_on_a_shared_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps the first key's fingerprint; on a shared store another key, or a key
+    each node generated for itself, stops the node naming the settings."""
+    data = tmp_path / "data"
+    with _node(data):
+        pass
+    with capture_logs() as logs, _node(data, settings={"secret_key": "x" * 40}):
+        pass  # one node on its own: warned, not refused
+    assert any("key differs" in e["event"] for e in logs)
+    monkeypatch.setattr(node_module, "is_shared", lambda settings: True)
+    with (
+        pytest.raises(StartupError, match="DICOMGATE_SECRET_KEY"),
+        _node(data, settings={"secret_key": "x" * 40}),
+    ):
+        pass
+    with (
+        pytest.raises(StartupError, match="explicit pseudonymization key"),
+        _node(tmp_path / "other", settings={"secret_key": None}),
+    ):
+        pass
+    with _node(data):  # the first key is still welcome
+        pass
