@@ -128,6 +128,53 @@ def echo(
     sys.exit(0 if ok else 1)
 
 
+@main.group()
+def state() -> None:
+    """The state store (DICOMGATE_STATE): create it, or migrate an older one."""
+
+
+@state.command("init")
+@_config_option
+@_data_dir_option
+def state_init(config_file: Path | None, data_dir: Path | None) -> None:
+    """Create the state store (SQLite file, DynamoDB table) if missing; migrate an old one.
+
+    A node does this itself at start-up; run it ahead (from a deploy job) where nodes should
+    find everything in place.
+    """
+    from dicomgate.state import StateError, open_state
+
+    settings = settings_or_exit(config_file, data_dir=data_dir)
+    try:
+        with open_state(settings, create=True) as store:
+            studies = len(store.status_report()["studies"])
+    except StateError as exc:
+        click.echo(f"dicomgate: {exc} (DICOMGATE_STATE)", err=True)
+        sys.exit(1)
+    where = settings.state_path if settings.state == "sqlite" else settings.state
+    click.echo(f"state store ready: {where} ({studies} studies)")
+
+
+@state.command("migrate")
+@_config_option
+@_data_dir_option
+def state_migrate(config_file: Path | None, data_dir: Path | None) -> None:
+    """Move an existing store to this version's schema, keeping every row (never creates)."""
+    from dicomgate.state import StateError, open_state
+
+    settings = settings_or_exit(config_file, data_dir=data_dir)
+    if settings.state == "sqlite" and not settings.state_path.exists():
+        click.echo(f"dicomgate: no state store at {settings.state_path}", err=True)
+        sys.exit(1)
+    try:
+        with open_state(settings, create=False) as store:
+            rows = len(store.instances())
+    except StateError as exc:
+        click.echo(f"dicomgate: {exc} (DICOMGATE_STATE)", err=True)
+        sys.exit(1)
+    click.echo(f"state store migrated: {rows} instances kept")
+
+
 def _open_store(settings: Settings) -> StateStore:
     """The node's state store, read-only; exits with a message when there is none."""
     from dicomgate.state import StateError, open_state

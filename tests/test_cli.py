@@ -63,3 +63,26 @@ def test_rejection_is_printed_in_words(tmp_path: Path) -> None:
         called = _echo(n.host, str(n.port), "--aet", "PACS", "--aec", "ELSEWHERE")
     assert "Rejected Permanent by Service User: Calling AE title not recognised" in calling.stderr
     assert "Called AE title not recognised" in called.stderr
+
+
+def test_state_init_and_migrate(tmp_path: Path) -> None:
+    """``state migrate`` keeps a schema-1 store's rows; ``state init`` creates a missing store."""
+    from click.testing import CliRunner
+
+    from dicomgate.cli import main
+    from tests.state.test_sqlite import _schema_1_store
+
+    runner = CliRunner()
+    old = tmp_path / "old"
+    old.mkdir()
+    missing = runner.invoke(main, ["state", "migrate", "--data-dir", str(old)])
+    assert missing.exit_code == 1 and "no state store" in missing.output
+    _schema_1_store(old / "state.sqlite3")
+    migrated = runner.invoke(main, ["state", "migrate", "--data-dir", str(old)])
+    assert migrated.exit_code == 0, migrated.output
+    assert "3 instances kept" in migrated.output
+    status = runner.invoke(main, ["status", "--json", "--data-dir", str(old)])
+    assert status.exit_code == 0 and len(json.loads(status.output)["studies"]) == 1
+    new = runner.invoke(main, ["state", "init", "--data-dir", str(tmp_path / "new")])
+    assert new.exit_code == 0 and "0 studies" in new.output
+    assert (tmp_path / "new" / "state.sqlite3").exists()
