@@ -94,8 +94,6 @@ _INDEXES: tuple[tuple[str, str, str | None, dict[str, Any]], ...] = (
         {
             "ProjectionType": "INCLUDE",
             "NonKeyAttributes": [
-                "sop_instance_uid",
-                "version",
                 "state",
                 "size",
                 "reported_version",
@@ -132,6 +130,7 @@ _INT_FIELDS = frozenset(
         "reported_version",
     }
 )
+_KEYED = frozenset({"sop_instance_uid", "version", "study_instance_uid"})
 _CLEAR_LEASE = ("lease_token", "lease_owner", "lease_expires_at", "g_owner", "g_osort")
 _CLEAR_PUB = ("pub_token", "pub_owner", "pub_expires_at", "pub_version", "g_owner", "g_osort")
 _HOLD_SEP = "\x1f"  # between node id and association id: in neither
@@ -237,9 +236,20 @@ class _Row:
     updated_at: float
 
 
+def _key_of(item: Mapping[str, Any]) -> InstanceKey:
+    """An instance item's key, from its table key (projected into every index)."""
+    return InstanceKey(str(item["pk"]["S"])[2:], int(str(item["sk"]["S"])[2:]))
+
+
 def _row(item: Mapping[str, Any]) -> _Row:
     plain = _plain(item)
-    values: dict[str, Any] = {}
+    key = _key_of(item)
+    values: dict[str, Any] = {
+        "sop_instance_uid": key.sop_instance_uid,
+        "version": key.version,
+        "study_instance_uid": str(plain["g_study"])[2:],
+        "spool_path": None,  # the one field without a default that may be None (not stored)
+    }
     for name in _RECORD_FIELDS:
         if name in plain and plain[name] is not None:
             value = plain[name]
@@ -261,9 +271,12 @@ def _row(item: Mapping[str, Any]) -> _Row:
 def _instance_item(
     rec: InstanceRecord, *, token: str | None, rev: int, order: str, updated_at: float
 ) -> Item:
-    """The whole item of one instance version, with the index keys its state implies."""
+    """The whole item of one instance version, with the index keys its state implies (the
+    UID and version are the table key's, the study the ``by_study`` key's: stored once)."""
     attrs: dict[str, object] = {
-        name: getattr(rec, name) for name in _RECORD_FIELDS if getattr(rec, name) is not None
+        name: getattr(rec, name)
+        for name in _RECORD_FIELDS
+        if getattr(rec, name) is not None and name not in _KEYED
     }
     attrs["state"] = str(rec.state)
     attrs.update(rev=rev, updated_at=updated_at, g_study="S#" + rec.study_instance_uid)
@@ -271,14 +284,14 @@ def _instance_item(
     if rec.state in WORK_STATES:
         attrs.update(g_queue="work", g_qsort=order)
     elif rec.state in _PURGEABLE and rec.spool_path is not None:
-        attrs.update(g_queue="purge", g_qsort=_ts(updated_at) + "#" + order)
+        attrs.update(g_queue="purge", g_qsort=_ts(updated_at))
     if rec.spool_path is not None:
         attrs["g_node"] = "N#" + rec.node_id
     if token is not None and rec.lease_owner is not None:
         attrs.update(
             lease_token=token,
             g_owner="O#" + rec.lease_owner,
-            g_osort=f"I#{rec.sop_instance_uid}#{rec.version:010d}",
+            g_osort="I",
         )
     item = {k: _av(v) for k, v in attrs.items()}
     item.update(_ikey(rec.key))
@@ -622,22 +635,33 @@ class DynamoDBStateStore:
         return {"Update": update}
 
     def _insert(
-        self, rec: InstanceRecord, *, expect_latest: int | None
-    ) -> tuple[str, int, list[_Row]]:
-        """Store ``rec`` (one transaction). ``expect_latest``: the ``HEAD`` CAS of an admission
-        (None: a recovered row, whatever the newest is). Returns ("ok" | "exists" |
-        "conflict", latest, rows) — the last two as read when the answer was decided."""
+        self, rec: InstanceRecord, *, admission: bool
+    ) -> tuple[AdmitOutcome, InstanceRecord] | None:
+        """Store ``rec`` in one transaction, deciding on one consistent read of the UID's
+        items. ``admission``: :meth:`admit`'s rules (duplicate, then the ``HEAD`` CAS from
+        ``rec.version - 1``); else a recovered row, stored if its key is free (None if not)."""
         advance = True
         for _ in range(_ATTEMPTS):
             now = time.time()
             latest, rows = self._versions(rec.sop_instance_uid)
-            if any(r.rec.version == rec.version for r in rows):
-                return "exists", latest, rows
-            if expect_latest is not None and latest != expect_latest:
-                return "conflict", latest, rows
+            if admission:
+                newest = rows[-1].rec if rows else None
+                if (
+                    newest is not None
+                    and rec.sha256 is not None
+                    and newest.size == rec.size
+                    and newest.sha256 == rec.sha256
+                ):
+                    return AdmitOutcome.DUPLICATE, newest
+                if latest != rec.version - 1:
+                    if newest is None:
+                        raise ValueError(f"version {rec.version} proposed for a new instance")
+                    return AdmitOutcome.CONFLICT, newest
+            elif any(r.rec.version == rec.version for r in rows):
+                return None
             received_at = rec.received_at or now
             stored = replace(rec, received_at=received_at, lease_owner=None, lease_expires_at=None)
-            order = _ts(now) + f"#{rec.sop_instance_uid}#{rec.version:010d}"
+            order = _ts(now)
             items: list[dict[str, Any]] = []
             if rec.version > latest:
                 update: dict[str, Any] = {
@@ -666,43 +690,23 @@ class DynamoDBStateStore:
                 }
             )
             items.append(self._study_touch(rec.study_instance_uid, received_at, advance))
-            newest = max(latest, rec.version)
-            items.extend(self._stale(rows, newest, now)[: 100 - len(items)])
+            items.extend(self._stale(rows, max(latest, rec.version), now)[: 100 - len(items)])
             reasons = self._transact(items)
             if reasons is None:
-                return "ok", newest, rows
+                return AdmitOutcome.ADMITTED, stored
             if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
                 advance = False  # a later arrival advanced the study: leave its time
+            # else another admission got in between: decide again on what is there now
             time.sleep(0.002 * secrets.randbelow(10))  # contention: a short random pause
         raise StateError("admission kept conflicting")
 
     def admit(self, rec: InstanceRecord) -> Admission:
-        for _ in range(_ATTEMPTS):
-            newest = self.latest_version(rec.sop_instance_uid)
-            if (
-                newest is not None
-                and rec.sha256 is not None
-                and newest.size == rec.size
-                and newest.sha256 == rec.sha256
-            ):
-                return Admission(AdmitOutcome.DUPLICATE, newest)
-            seen = newest.version if newest is not None else 0
-            if seen != rec.version - 1:
-                if newest is None:
-                    raise ValueError(f"version {rec.version} proposed for a new instance")
-                return Admission(AdmitOutcome.CONFLICT, newest)
-            outcome, _, _ = self._insert(rec, expect_latest=seen)
-            if outcome == "ok":
-                stored = self.get(rec.key)
-                assert stored is not None
-                return Admission(AdmitOutcome.ADMITTED, stored)
-            # another admission got in between: decide again against what is newest now
-            # (the same bytes → DUPLICATE, else CONFLICT)
-        raise StateError("admission kept conflicting")
+        result = self._insert(rec, admission=True)
+        assert result is not None
+        return Admission(*result)
 
     def admit_recovered(self, rec: InstanceRecord) -> bool:
-        outcome, _, _ = self._insert(rec, expect_latest=None)
-        return outcome == "ok"
+        return self._insert(rec, admission=False) is not None
 
     def _mutate(
         self,
@@ -774,7 +778,7 @@ class DynamoDBStateStore:
             owner=owner,
             exp=lease.expires_at,
             gowner="O#" + owner,
-            gsort=f"I#{key.sop_instance_uid}#{key.version:010d}",
+            gsort="I",
             one=1,
         )
         names: dict[str, str] = {}
@@ -813,7 +817,7 @@ class DynamoDBStateStore:
             FilterExpression="attribute_not_exists(lease_token) OR lease_expires_at <= :now",
             ExpressionAttributeValues=_values(now=now),
         ):
-            key = InstanceKey(item["sop_instance_uid"]["S"], int(item["version"]["N"]))
+            key = _key_of(item)
             if key in skip:
                 continue
             got = self._claim(key, owner, lease_seconds, work_only=True)
@@ -947,7 +951,7 @@ class DynamoDBStateStore:
     def _rows(self, keys: Iterable[Item]) -> list[_Row]:
         """Instance rows by key, re-read consistently, in admission order."""
         rows = [_row(i) for i in self._batch_get(keys)]
-        rows.sort(key=lambda r: r.order)
+        rows.sort(key=lambda r: (r.order, r.rec.sop_instance_uid, r.rec.version))
         return rows
 
     def _study_keys(self, study_instance_uid: str) -> list[Item]:
@@ -1010,8 +1014,8 @@ class DynamoDBStateStore:
             "queue",
             "g_queue",
             "purge",
-            range="g_qsort < :t",
-            ExpressionAttributeValues=_values(t=_ts(delivered_before) + "$"),  # "$" > "#"
+            range="g_qsort <= :t",
+            ExpressionAttributeValues=_values(t=_ts(delivered_before)),
         )
         rows = self._rows({"pk": k["pk"], "sk": k["sk"]} for k in keys)
         return [
@@ -1111,7 +1115,7 @@ class DynamoDBStateStore:
                     exp=pub.expires_at,
                     pv=version,
                     gowner="O#" + owner,
-                    gsort="P#" + pub.study_instance_uid,
+                    gsort="P",
                     now=now,
                 ),
             },
@@ -1504,9 +1508,9 @@ class DynamoDBStateStore:
                 "instances_by_state": by_state,
                 "quarantined": [
                     {
-                        "instance": r["sop_instance_uid"],
+                        "instance": str(r["pk"])[2:],
                         "deid_instance": r.get("deid_sop_uid"),
-                        "version": int(r["version"]),
+                        "version": int(str(r["sk"])[2:]),
                         "stage": r.get("stage"),
                         "reason": r.get("reason"),
                     }
