@@ -49,10 +49,11 @@ import secrets
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from dicomgate.state._protocol import (
     DEFAULT_HEARTBEAT_TTL,
@@ -71,6 +72,7 @@ from dicomgate.state._protocol import (
     NodeRecord,
     Publication,
     StateError,
+    StateStore,
     StudyProgress,
     StudyRecord,
     study_state,
@@ -82,6 +84,8 @@ __all__ = ["DynamoDBStateStore", "TableMissingError", "open_dynamodb"]
 TTL_ATTRIBUTE = "ttl"
 #: how long a dead node's heartbeat stays visible to ``dicomgate status`` before TTL removes it
 _NODE_RETENTION = 86400.0
+#: HTTP connections the store's client keeps (botocore's default is 10)
+_POOL = 50
 #: attempts of an optimistic read-modify-write before giving up (contention, not failure)
 _ATTEMPTS = 50
 
@@ -194,6 +198,11 @@ def _code(exc: ClientError) -> str:
 def _reasons(exc: ClientError) -> list[str]:
     """The per-item codes of a cancelled transaction ("None" for items that were fine)."""
     return [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
+
+
+def _pause() -> None:
+    """A short random pause before retrying a write that met another's (0-20 ms)."""
+    time.sleep(0.002 * secrets.randbelow(11))
 
 
 def _ts(t: float) -> str:
@@ -355,7 +364,13 @@ class DynamoDBStateStore:
     def __init__(self, table: str, *, client: Any = None) -> None:
         # Any: boto3's client is typed only by the boto3-stubs[dynamodb] extra, not installed
         self.table = table
-        self._client: Any = client if client is not None else boto3.client("dynamodb")
+        # one client for every thread (boto3 clients are thread-safe); a pool as wide as the
+        # pipeline's concurrency, so claims and uploads' transitions do not queue for sockets
+        self._client: Any = (
+            client
+            if client is not None
+            else boto3.client("dynamodb", config=Config(max_pool_connections=_POOL))
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -528,14 +543,44 @@ class DynamoDBStateStore:
         }
         if cond is not None:
             args["ConditionExpression"] = cond
+        for attempt in range(_ATTEMPTS):
+            try:
+                out = self._client.update_item(**args)
+            except ClientError as exc:
+                if _code(exc) == "ConditionalCheckFailedException":
+                    return None
+                if _code(exc) != "TransactionConflictException" or attempt == _ATTEMPTS - 1:
+                    raise
+                _pause()  # the item is in another node's transaction right now: try again
+                continue
+            item: Item = out.get("Attributes", {})
+            return item
+        raise AssertionError("unreachable")
+
+    def _write(self, items: list[dict[str, Any]]) -> bool:
+        """Items of a transaction, written; one conditional Put alone goes as a PutItem (half
+        the cost of a transaction). False if a condition failed or a transaction was in the
+        way (the caller reads again and decides again)."""
+        if len(items) > 1:
+            return self._transact(items) is None
+        put = items[0]["Put"]
         try:
-            out = self._client.update_item(**args)
+            self._client.put_item(**put)
         except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return None
+            if _code(exc) in ("ConditionalCheckFailedException", "TransactionConflictException"):
+                return False
             raise
-        item: Item = out.get("Attributes", {})
-        return item
+        return True
+
+    def _transact_retrying(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """:meth:`_transact`, again while it is cancelled only by other transactions on the
+        same items (``TransactionConflict``: a busy study item); other reasons are returned."""
+        for _ in range(_ATTEMPTS):
+            reasons = self._transact(items)
+            if reasons is None or "ConditionalCheckFailed" in reasons:
+                return reasons
+            _pause()
+        raise StateError("a transaction kept conflicting")
 
     def _put_row(self, row: _Row, rec: InstanceRecord, token: str | None, now: float) -> Item:
         """The transaction item writing ``rec`` over ``row``, if nobody changed it since."""
@@ -697,7 +742,7 @@ class DynamoDBStateStore:
             if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
                 advance = False  # a later arrival advanced the study: leave its time
             # else another admission got in between: decide again on what is there now
-            time.sleep(0.002 * secrets.randbelow(10))  # contention: a short random pause
+            _pause()
         raise StateError("admission kept conflicting")
 
     def admit(self, rec: InstanceRecord) -> Admission:
@@ -745,8 +790,9 @@ class DynamoDBStateStore:
             items = [self._put_row(row, rec, token, now)]
             if head:
                 items.append(self._head_check(key.sop_instance_uid, latest))
-            if self._transact(items) is None:
+            if self._write(items):
                 return _Row(rec, token, row.rev + 1, row.order, now)
+            _pause()
         raise StateError("instance update kept conflicting")
 
     def set_sha256(self, key: InstanceKey, sha256: str) -> None:
@@ -1366,7 +1412,7 @@ class DynamoDBStateStore:
     def _drop_hold(self, hold: Mapping[str, Any]) -> None:
         """Delete a hold item and take it off its study, in one transaction."""
         member = f"{hold['node_id']}{_HOLD_SEP}{hold['association_id']}"
-        self._transact(
+        self._transact_retrying(
             [
                 {
                     "Delete": {
@@ -1428,7 +1474,7 @@ class DynamoDBStateStore:
             "g_queue": "hold",
             "g_qsort": f"{study_instance_uid}{_HOLD_SEP}{member}",
         }
-        self._transact(
+        self._transact_retrying(
             [
                 {
                     "Put": {
@@ -1536,12 +1582,25 @@ def open_dynamodb(table: str, *, readonly: bool = False, create: bool = True) ->
     (``AWS_ENDPOINT_URL_DYNAMODB`` for a local server)."""
     if not table:
         raise StateError("dynamodb:// needs a table name (DICOMGATE_STATE=dynamodb://TABLE)")
-    store = DynamoDBStateStore(table)
+    try:
+        store = DynamoDBStateStore(table)
+    except BotoCoreError as exc:  # no region configured, a malformed endpoint, ...
+        raise StateError(f"cannot use DynamoDB: {type(exc).__name__}: {exc}") from None
     try:
         if create and not readonly:
             store.create_table()
         store.check_table()
+    except (BotoCoreError, ClientError) as exc:
+        store.close()
+        # credentials, network, permissions: name the table and what AWS said (no UID here)
+        raise StateError(f"cannot open DynamoDB table {table!r}: {exc}") from None
     except BaseException:
         store.close()
         raise
     return store
+
+
+if TYPE_CHECKING:  # mypy proves the class is a StateStore (every method, every signature)
+
+    def _is_a_state_store(store: DynamoDBStateStore) -> StateStore:
+        return store

@@ -22,6 +22,7 @@ from dicomgate.state import (
     InstanceRecord,
     InstanceState,
     LeaseLost,
+    StateError,
 )
 from dicomgate.state.dynamodb import (
     TTL_ATTRIBUTE,
@@ -126,6 +127,20 @@ def test_creation_refused_when_forbidden(dynamodb_env: MotoDynamoDB) -> None:
         open_dynamodb(name, create=False).close()  # now it exists: fine
     finally:
         client.close()
+
+
+def test_unusable_configuration_is_a_state_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No region in boto3's chain: a StateError that says so (the CLI prints StateErrors with
+    the setting's name), not a botocore traceback."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(StateError, match="NoRegionError"):
+        open_dynamodb("dg-anything")
+    with pytest.raises(StateError, match="table name"):
+        open_dynamodb("")
 
 
 def test_table_of_another_schema_is_refused(dynamodb_env: MotoDynamoDB) -> None:
