@@ -314,7 +314,7 @@ def make_burned_in_instance(
             (f"{t['name']}  {t['id']}", pad, pad, 255),  # in the title bar
             (t["institution"], pad, 3 * line, 0),
             (t["birth"], pad, 4 * line, 0),
-            (f"{t['date']} {t['time']}", -pad, 3 * line, 0),
+            (f"{t['date']} {t['time']}", -pad, 5 * line, 0),
             (t["accession"], pad, -pad, 0),
         ]
     burned: list[BurnedText] = []
@@ -326,7 +326,7 @@ def make_burned_in_instance(
             base = np.full((rows, columns), 225, dtype=np.uint8)
             base[: 2 * line, :] = 40  # title bar
             gradient = np.linspace(60, 200, columns // 2, dtype=np.float32)[np.newaxis, :]
-            y0, y1 = rows // 3, rows * 5 // 6
+            y0, y1 = 6 * line + pad, rows - line - 2 * pad  # below the text, above the last line
             base[y0:y1, columns // 4 : columns // 4 + gradient.shape[1]] = gradient.astype(np.uint8)
         picture = Image.fromarray(base)
         if text and f in shown:

@@ -28,7 +28,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicomgate.deid._method import record_clean_pixel_data
-from dicomgate.deid.pixels._codec import PixelError, black_value, decode, encode_into, gray_frames
+from dicomgate.deid.pixels._codec import (
+    PixelError,
+    black_value,
+    decode,
+    encode_into,
+    gray_frames,
+    put,
+)
 from dicomgate.deid.pixels._ocr import OcrError, scan_frames
 from dicomgate.deid.pixels._regions import Rect, RegionTable
 
@@ -63,9 +70,15 @@ SUSPECT_SOP_CLASSES: dict[str, str] = {
 }
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float
-#: Around each word box: a fixed part (anti-aliasing, accents) plus a quarter of its height
-#: (tesseract's boxes hug the ink; descenders and the next line's ascenders stick out).
+#: Around each word box: a fixed part (anti-aliasing, accents), plus a quarter of its height
+#: above and below (tesseract's boxes hug the ink) and two heights left and right (the last
+#: glyphs of a word that runs onto the image, which tesseract reads as part of the speckle).
 _MARGIN_PIXELS = 2
+
+
+def _around(box: Rect) -> Rect:
+    dy, dx = _MARGIN_PIXELS + box.height // 4, _MARGIN_PIXELS + 2 * box.height
+    return Rect(box.x - dx, box.y - dy, box.width + 2 * dx, box.height + 2 * dy)
 
 
 def burned_in_suspicion(ds: Dataset, suspect_modalities: frozenset[str]) -> str | None:
@@ -157,7 +170,7 @@ def clean_pixels(src: Dataset, out: Dataset, regions: RegionTable) -> CleanRepor
     report.text_frames = scan.text_frames
     masks = []
     for box in scan.boxes:
-        grown = box.grow(_MARGIN_PIXELS + box.height // 4).clip(rows, columns)
+        grown = _around(box).clip(rows, columns)
         if grown is not None:
             masks.append(grown)
     _fill(frames, masks, black)
@@ -218,6 +231,6 @@ def clean_burned_in(
         return f"burned-in: {exc}"
     if report is not None:
         report.__dict__.update(done.__dict__)
-    out.BurnedInAnnotation = "NO"
+    put(out, "BurnedInAnnotation", "NO")  # a new element: ``src``'s may be shared with ``out``
     record_clean_pixel_data(out)
     return None

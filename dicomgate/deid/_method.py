@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from pydicom.datadict import dictionary_keyword, dictionary_VR
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -65,11 +65,9 @@ _CODE_VALUE, _CODING_SCHEME_DESIGNATOR, _CODE_MEANING = 0x00080100, 0x00080102, 
 
 
 def _put(ds: Dataset, tag: int, value: str) -> None:
-    """``ds.<keyword> = value`` without the keyword lookups (same element, same VR)."""
-    if tag in ds._dict:
-        setattr(ds, dictionary_keyword(tag), value)  # updates the element already there
-    else:
-        ds[tag] = DataElement(tag, dictionary_VR(tag), value)
+    """``ds.<keyword> = value`` without the keyword lookups, always as a new element: a kept
+    element is shared with the source dataset, which must not change."""
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def record_method(ds: Dataset, profile: Profile) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_fragments
@@ -40,7 +41,15 @@ from pydicom.uid import (
     RLELossless,
 )
 
-__all__ = ["Decoded", "PixelError", "black_value", "decode", "encode_into", "gray_frames"]
+__all__ = [
+    "Decoded",
+    "PixelError",
+    "black_value",
+    "decode",
+    "encode_into",
+    "gray_frames",
+    "put",
+]
 
 #: Native transfer syntaxes written back as they were (little endian, so nothing to convert).
 _KEPT_NATIVE = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian,
@@ -236,25 +245,39 @@ def _target(source: UID) -> UID:
     return ExplicitVRLittleEndian
 
 
+def put(ds: Dataset, keyword: str, value: object) -> None:
+    """``ds.<keyword> = value`` with a new element: the de-identified dataset shares the
+    elements it kept with its source (never copied), and assigning to an existing element would
+    change the source too."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
+
+
 def encode_into(out: Dataset, decoded: Decoded) -> UID:
     """Write ``decoded`` as the Pixel Data of ``out`` (in place); return the transfer syntax used.
 
     ``out``'s Image Pixel attributes must describe the source (they are kept by the profile);
     Photometric Interpretation and Planar Configuration are set to what ``decoded`` holds.
     """
-    for tag in _EXTENDED_OFFSETS:
+    for tag in (*_EXTENDED_OFFSETS, _PIXEL_DATA):  # new elements, not the source's (put)
         if tag in out:
             del out[tag]
-    out.PhotometricInterpretation = decoded.photometric
+    put(out, "PhotometricInterpretation", decoded.photometric)
     if decoded.samples > 1:
-        out.PlanarConfiguration = 0
+        put(out, "PlanarConfiguration", 0)
     if not hasattr(out, "file_meta"):
         out.file_meta = FileMetaDataset()
     target = _target(decoded.source_syntax)
     if target in _REENCODED:
         try:
             arr = decoded.frames[0] if decoded.frames.shape[0] == 1 else decoded.frames
-            compress(out, target, arr, generate_instance_uid=False, use_mct=False)
+            colour = target == JPEG2000Lossless and decoded.samples == 3
+            compress(out, target, arr, generate_instance_uid=False, use_mct=colour)
+            if colour:
+                # PS3.5 8.2.4: with the reversible colour transform the codestream holds
+                # YBR_RCT, and IODs such as US Image require it for JPEG 2000 (PS3.3 C.8.5.6)
+                put(out, "PhotometricInterpretation", "YBR_RCT")
         except Exception:
             target = ExplicitVRLittleEndian
     if target not in _REENCODED:
@@ -262,10 +285,10 @@ def encode_into(out: Dataset, decoded: Decoded) -> UID:
         out[_PIXEL_DATA] = DataElement(_PIXEL_DATA, vr, _native_bytes(decoded))
         out.file_meta.TransferSyntaxUID = target
     if decoded.lossy:
-        out.LossyImageCompression = "01"
+        put(out, "LossyImageCompression", "01")
         method = _LOSSY_METHOD.get(decoded.source_syntax)
         if "LossyImageCompressionMethod" not in out and method is not None:
-            out.LossyImageCompressionMethod = method
+            put(out, "LossyImageCompressionMethod", method)
     if out.original_encoding != (target.is_implicit_VR, target.is_little_endian):
         out.set_original_encoding(None, None)  # the writer re-encodes every element
     return target

@@ -39,7 +39,7 @@ _CHANGED = 16  # grey levels of difference for a pixel to count as changed betwe
 _CONTEXT = 24  # pixels read around a changed area, so words cut by it are read whole
 _BORDER = 20  # pixels of white added around each image read
 _TIMEOUT = 120  # seconds per tesseract call before the instance counts as unanalysable
-_MIN_CONFIDENCE = 40  # plain background: words of 4+ letters (digits: any confidence)
+_MIN_CONFIDENCE = 15  # plain background: words of 4 letters or more (digits: any)
 _MIN_CONFIDENCE_SHORT = 60  # plain background: words of 2 or 3 letters
 _SURE = 92  # busy background: any word
 _PLAIN = 0.45  # share of a text box within 16 grey levels of its background
@@ -108,10 +108,11 @@ def _looks_like_text(gray: np.ndarray, box: Rect) -> bool:
 def _is_text(word: _Word, plain: bool) -> bool:
     """A word worth blacking out: two letters or digits at least, and
 
-    * on a plain background (:func:`_looks_like_text`): any word with a digit — identifiers
-      and dates, which tesseract is least sure of (``1277126n`` read at confidence 0 on a real
-      ultrasound header) — and words of letters read with some confidence, more for short
-      words (names: ``BAPTIST`` 95, ``WESTHA`` 60);
+    * on a plain background (:func:`_looks_like_text`): any word with a digit, whatever
+      tesseract's confidence — identifiers and dates are what it is least sure of
+      (``1277126n`` read at confidence 0 on a real ultrasound header); words of four letters
+      or more read at all (real headers: ``Semen`` 25 for ``3cm3cm``; speckle: ``Exot`` 0);
+      two or three letters need more (speckle gives many of those);
     * on a busy background (text over the image): only what tesseract is sure of, so that
       speckle read as ``ee`` (20-45), ``ay`` (84) or ``a6`` is not blacked out.
 
