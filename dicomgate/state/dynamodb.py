@@ -9,7 +9,8 @@ server); this module reads no setting of its own.
 ==========================  =====================  ============================================
 item                        pk / sk                what it holds
 ==========================  =====================  ============================================
-instance version            ``I#uid`` / ``V#ver``  every :class:`InstanceRecord` field, the lease
+instance version            ``I#uid`` / ``V#ver``  the :class:`InstanceRecord` fields (UID,
+                                                   version and study once, as keys), the lease
                                                    (token, owner, expiry) and a revision ``rev``
 newest version (per UID)    ``I#uid`` / ``HEAD``   ``latest``: version allocation by CAS
 study                       ``S#uid`` / ``S``      times, manifest/notified versions, the
@@ -34,9 +35,10 @@ transition reads the item and writes it back conditioned on its ``rev`` (so the 
 checked and the derived index keys it computed are still true), in a transaction with a
 ``ConditionCheck`` on ``HEAD`` when "a newer version exists" decides the outcome. Publication is
 a compare-and-set on the study item: ``admits`` (no instance arrived since the rows were read),
-``manifest_version``, ``holds_seq`` and the publication lease. Rows never go back from finished
-to pending, so rows read before that CAS cannot make a complete study look incomplete or the
-reverse. No call writes more than 100 items (:data:`MAX_BATCH` keys + the study check).
+``manifest_version``, ``holds_seq`` and the publication lease. A row read as pending that
+finishes before the CAS only delays completion; a finished row does not become pending again
+(the pipeline requeues only rows it is still carrying), so a CAS that succeeds saw the study
+as it is. No call writes more than 100 items (:data:`MAX_BATCH` keys + the study check).
 
 Global secondary indexes are eventually consistent: wherever a decision depends on a list, the
 list supplies keys only and the items are re-read with strongly consistent ``BatchGetItem``,

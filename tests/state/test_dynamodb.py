@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from pydicom.uid import generate_uid
 
 from dicomgate.state import (
@@ -383,6 +384,48 @@ def test_racing_admissions_one_version_each(dynamodb_env: MotoDynamoDB) -> None:
         assert all(r.state == InstanceState.RECEIVED for r in older)  # in flight: not touched
         assert s.key_fingerprint("a" * 16) == "a" * 16
         assert s.key_fingerprint("b" * 16) == "a" * 16  # the first node's key stays
+
+
+class _BusyOnce(_TransactionSpy):
+    """The first transaction meets another node's transaction on the same item (DynamoDB
+    cancels it with ``TransactionConflict``; moto never does)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.conflicts = 1
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        if self.conflicts:
+            self.conflicts -= 1
+            reasons = [{"Code": "TransactionConflict"}] + [{"Code": "None"}] * (
+                len(kwargs["TransactItems"]) - 1
+            )
+            raise ClientError(
+                {
+                    "Error": {"Code": "TransactionCanceledException", "Message": "busy"},
+                    "CancellationReasons": reasons,
+                },
+                "TransactWriteItems",
+            )
+        return super().transact_write_items(**kwargs)
+
+
+def test_a_busy_study_item_does_not_lose_a_hold(store: DynamoDBStateStore) -> None:
+    """Holds and admissions write the same study item; a hold cancelled by a concurrent
+    transaction is written again, not dropped (the study would publish mid-association)."""
+    study = generate_uid()
+    store.admit(_record(study))
+    store.heartbeat("node-a")
+    busy = _BusyOnce(store._client)
+    store._client = busy
+    store.hold_study(study, "node-a", "assoc-1")
+    assert busy.conflicts == 0 and store.held_studies() == {study}
+    busy.conflicts = 1
+    store.admit(_record(study))  # an admission retried the same way
+    assert len(store.instances(study_instance_uid=study)) == 2
+    busy.conflicts = 1
+    store.release_holds("node-a", "assoc-1")
+    assert store.held_studies() == set()
 
 
 # -- the server helper -----------------------------------------------------------------------------
