@@ -22,6 +22,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from types import FrameType
 
 import pynetdicom.dimse_messages
@@ -38,7 +39,7 @@ from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
-from dicomgate.spool import Spool
+from dicomgate.spool import Spool, node_dir_name
 from dicomgate.state import (
     DEFAULT_HEARTBEAT_TTL,
     DEFAULT_LEASE_SECONDS,
@@ -140,10 +141,14 @@ class Node:
         self.secret_key = self._load_key()
         self.key = self.secret_key.value
         self.pseudonymizer = Pseudonymizer(self.key)
+        # Several nodes on one store (a shared backend, or --workers' shared port): each its
+        # own spool sub-directory, staging directory and lock, never another's files.
+        self.multi = is_shared(settings) or settings.reuse_port
         self.spool = Spool(
             settings.spool_root,
             limit=int(settings.spool_limit),
             min_free=int(settings.min_free_space),
+            node_id=settings.node_id if self.multi else None,
         )
         self.with_pipeline = pipeline
         self.state: StateStore | None = None
@@ -153,6 +158,7 @@ class Node:
         self.reconcile_report: ReconcileReport | None = None
         self.metrics = Metrics()
         self._lock_fd: int | None = None
+        self._node_lock_fd: int | None = None
         self.ops: OpsServer | None = None
 
     def _load_key(self) -> SecretKey:
@@ -185,31 +191,46 @@ class Node:
         return self.scp is not None and self.scp.busy()
 
     def _lock_data_dir(self) -> None:
-        """One node per data directory: two would pick the same version numbers and rename
-        over each other's acknowledged files."""
+        """One single node per data directory (it renames files straight into ``spool/``),
+        or any number of nodes in the multi-node layout (each in its own sub-directory), one
+        process per node id: ``dicomgate.lock`` is held exclusively by a single node, shared
+        by multi-node ones, each of which also holds ``nodes/<node>.lock`` exclusively."""
+        data = self.settings.data_dir
+        busy = (
+            f"data directory {data.absolute()} ({_DATA_DIR_SETTING}) "
+            "is in use by another dicomgate process"
+        )
+        self._lock_fd = self._flock(data / "dicomgate.lock", shared=self.multi, busy=busy)
+        if self.multi:
+            own = data / "nodes" / f"{node_dir_name(self.settings.node_id)}.lock"
+            self._node_lock_fd = self._flock(
+                own,
+                shared=False,
+                busy=f"node id {self.settings.node_id} (DICOMGATE_NODE_ID) is in use by another "
+                "dicomgate process on this data directory",
+            )
+
+    def _flock(self, path: Path, *, shared: bool, busy: str) -> int:
         try:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-            path = self.settings.data_dir / "dicomgate.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise _data_dir_error(self.settings, exc) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise DataDirInUseError(
-                f"data directory {self.settings.data_dir.absolute()} ({_DATA_DIR_SETTING}) "
-                "is in use by another dicomgate process"
-            ) from None
-        self._lock_fd = fd
+            raise DataDirInUseError(busy) from None
+        return fd
 
     def _join(self, state: StateStore) -> None:
         """Enter the store as this node: same key as the others, a heartbeat, and the work of
         nodes that are gone released so it is adopted (each instance exactly once: claims).
 
-        With SQLite this process holds the data directory's lock, so every other owner of a
-        claim is a previous run of this node (a crash): its claims go at once rather than
-        after their leases expire. With a shared store only nodes whose heartbeat expired go.
+        A single node holds the data directory's lock, so every other owner of a claim is a
+        previous run of this node (a crash): its claims go at once rather than after their
+        leases expire. Among several nodes only those whose heartbeat expired go (and a
+        previous process under this node id, whose node lock this process now holds).
         """
         s = self.settings
         if is_shared(s) and not self.secret_key.explicit:
@@ -231,13 +252,30 @@ class Node:
                 "pseudonymization key differs from the one this state store began with: "
                 "studies continued now get new pseudonyms"
             )
+        # a previous process under this node id is gone (its lock is ours now): its claims too
+        released = state.release_node(s.node_id)
         state.heartbeat(s.node_id, info=self._info(), ttl=self.heartbeat_ttl)
         gone = {n.node_id for n in state.nodes() if not n.alive}
-        if not is_shared(s):
+        if not self.multi:
             gone |= state.lease_owners() | {n.node_id for n in state.nodes()}
-        released = sum(state.release_node(node) for node in gone - {s.node_id})
+        released += sum(state.release_node(node) for node in gone - {s.node_id})
         if released:
             log.info("work of stopped nodes released", leases=released)
+
+    def _dead_spools(self) -> dict[str, Path]:
+        """Spool sub-directories of nodes without a live heartbeat (multi-node layout only):
+        reconciled by this node, so files acknowledged by a dead node and never recorded are
+        adopted too. (Recorded ones are adopted by claims.)"""
+        if not self.multi or self.state is None:
+            return {}
+        live = {node_dir_name(n.node_id) for n in self.state.nodes() if n.alive}
+        return {name: d for name, d in self.spool.other_nodes().items() if name not in live}
+
+    def _staging(self) -> Path:
+        """Where the pipeline writes de-identified files before upload (per node when several
+        share the data directory: a start-up clears its own leftovers only)."""
+        staging = self.settings.data_dir / "staging"
+        return staging / node_dir_name(self.settings.node_id) if self.multi else staging
 
     def _info(self) -> dict[str, str]:
         return {"version": __version__, "ae_title": self.settings.ae_title}
@@ -255,13 +293,16 @@ class Node:
                     info=self._info(),
                     ttl=self.heartbeat_ttl,
                 )
-                for node in state.nodes():
-                    if not node.alive and node.node_id != me:
-                        released = state.release_node(node.node_id)
-                        log.warning(
-                            "node stopped, its work released", node=node.node_id, leases=released
-                        )
-                        self.on_stored(None)  # work to adopt: the pipeline looks now
+                dead = [n.node_id for n in state.nodes() if not n.alive and n.node_id != me]
+                for node_id in dead:
+                    released = state.release_node(node_id)
+                    log.warning("node stopped, its work released", node=node_id, leases=released)
+                if dead and self.multi:  # its files never recorded are adopted too
+                    names = {node_dir_name(n) for n in dead}
+                    spools = {k: v for k, v in self.spool.other_nodes().items() if k in names}
+                    reconcile(self.spool, state, node_id=me, dead=spools, own=False)
+                if dead:
+                    self.on_stored(None)  # work to adopt: the pipeline looks now
             except Exception as exc:  # the store is down for a moment: try again next beat
                 log.error(
                     "heartbeat failed", error=type(exc).__name__, traceback=safe_traceback(exc)
@@ -282,7 +323,9 @@ class Node:
         except (OSError, sqlite3.Error, StateError) as exc:
             raise _data_dir_error(self.settings, exc) from None
         self._join(self.state)
-        self.reconcile_report = reconcile(self.spool, self.state, node_id=self.settings.node_id)
+        self.reconcile_report = reconcile(
+            self.spool, self.state, node_id=self.settings.node_id, dead=self._dead_spools()
+        )
         # The ops port is bound before the DICOM listener announces itself, so a busy ops port
         # is the only error, not one that follows a "listening" line pointing the wrong way.
         if self.settings.ops_enabled:
@@ -302,6 +345,7 @@ class Node:
                 ingest_busy=self._ingest_busy,
                 metrics=self.metrics,
                 lease_seconds=self.lease_seconds,
+                staging=self._staging(),
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
@@ -417,9 +461,10 @@ class Node:
                 log.warning("could not leave the state store", error=type(exc).__name__)
             self.state.close()
             self.state = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in (self._node_lock_fd, self._lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._node_lock_fd = None
 
 
 def run_node(settings: Settings, *, warnings: Iterable[str] = ()) -> int:

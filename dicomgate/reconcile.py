@@ -10,7 +10,10 @@ After a crash the two can disagree in exactly three ways, each handled and repor
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dicomgate._logging import get_logger
 from dicomgate.checks import Refusal, check_header
@@ -44,17 +47,56 @@ class ReconcileReport:
         }
 
 
-def reconcile(spool: Spool, state: StateStore, *, node_id: str = "") -> ReconcileReport:
-    """Settle the spool against the store; ``node_id`` is the node doing it (rows it rebuilds
-    are its own, and quarantines go through a claim like every transition)."""
+def reconcile(
+    spool: Spool,
+    state: StateStore,
+    *,
+    node_id: str = "",
+    dead: Mapping[str, Path] | None = None,
+    own: bool = True,
+) -> ReconcileReport:
+    """Settle the spool against the store: this node's own directory, and ``dead`` (name →
+    directory) — the parts of a shared spool whose nodes have died, adopted by this one.
+
+    ``node_id`` is the node doing it: rows it rebuilds are its own, and quarantines go
+    through a claim like every transition. Several survivors may reconcile one dead node's
+    directory at once: every step is idempotent (rebuilt rows are keyed, claims exclusive).
+    ``own=False`` (while this node is receiving): the dead directories only.
+    """
     report = ReconcileReport()
-    for leftover in spool.leftover_incoming():
+    rows = state.spooled_paths()
+    for directory in [*([spool.node_dir] if own else []), *(dead or {}).values()]:
+        _reconcile_dir(spool, state, directory, rows, report, node_id)
+
+    level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"
+    getattr(log, level)("spool reconciled", **report.as_dict())
+    return report
+
+
+def _files(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+
+
+def _reconcile_dir(
+    spool: Spool,
+    state: StateStore,
+    directory: Path,
+    all_rows: Mapping[str, InstanceRecord],
+    report: ReconcileReport,
+    node_id: str,
+) -> None:
+    for leftover in _files(directory / "incoming"):
         leftover.unlink(missing_ok=True)
         report.incoming_removed += 1
 
-    rows = state.spooled_paths()
-    on_disk = {f"instances/{p.name}": p for p in spool.spooled_files()}
-    report.spooled = len(on_disk)
+    instances = directory / "instances"
+    prefix = spool.relative(instances) + "/"  # "instances/" or "nodes/<node>/instances/"
+    on_disk = {spool.relative(p): p for p in _files(instances)}
+    rows = {rel: rec for rel, rec in all_rows.items() if rel.startswith(prefix)}
+    report.spooled += len(on_disk)
 
     for relative, path in on_disk.items():
         if relative in rows:
@@ -67,7 +109,8 @@ def reconcile(spool: Spool, state: StateStore, *, node_id: str = "") -> Reconcil
         )
         if named is None or header is None or isinstance(header, Refusal):
             # We checked this file before writing it here: it has been damaged since.
-            spool.set_aside(path)
+            with contextlib.suppress(FileNotFoundError):  # another survivor got there first
+                spool.set_aside(path)
             report.files_unreadable.append(path.name)
             continue
         version = named[1]
@@ -114,7 +157,3 @@ def reconcile(spool: Spool, state: StateStore, *, node_id: str = "") -> Reconcil
                 continue  # another node holds it and will find the file missing itself
             state.quarantine(lease, stage="spool", reason="spool file missing at start-up")
         state.set_spool_path(rec.key, None)
-
-    level = "warning" if (report.rows_missing_file or report.files_unreadable) else "info"
-    getattr(log, level)("spool reconciled", **report.as_dict())
-    return report

@@ -84,6 +84,7 @@ class Pipeline:
         metrics: Metrics | None = None,
         workers: int | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        staging: Path | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -102,7 +103,7 @@ class Pipeline:
             required=settings.require_attributes,
         )
         self._workers = workers or max(1, os.cpu_count() or 1)
-        self.staging = settings.data_dir / "staging"
+        self.staging = staging or settings.data_dir / "staging"
         self._pool: ProcessPoolExecutor | None = None
         self._process_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(self._workers * 2)
         self._upload_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(
