@@ -9,10 +9,12 @@ import contextlib
 import json
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 from structlog.testing import capture_logs
 
@@ -22,6 +24,7 @@ from dicomgate.spool import Spool, node_dir_name
 from dicomgate.state import InstanceState
 from dicomgate.testing import write_ct_study
 from tests.helpers import TEST_KEY, send_files, wait_for
+from tests.moto_dynamodb import dynamodb_env, moto_dynamodb  # noqa: F401 - fixtures
 
 
 @contextlib.contextmanager
@@ -38,6 +41,7 @@ def _node(data: Path, node_id: str, **kw: Any) -> Iterator[tuple[Node, int]]:
         node_id=node_id,
         stable_after=kw.pop("stable_after", 1.0),
         keep_raw_for=3600,
+        state=kw.pop("state", "sqlite"),
     )
     node = Node(settings, pipeline=kw.pop("pipeline", True), **kw)
     _, port = node.start()
@@ -51,12 +55,25 @@ def _manifests(data: Path, deid_study: str) -> list[str]:
     return sorted(p.name for p in (data / "delivered" / deid_study).glob("manifest-v*.json"))
 
 
-def test_study_split_across_two_nodes_delivered_once(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def state(request: pytest.FixtureRequest) -> str:
+    """DICOMGATE_STATE for both nodes: the SQLite file, or a fresh table on moto's server."""
+    if request.param == "sqlite":
+        return "sqlite"
+    request.getfixturevalue("dynamodb_env")
+    return f"dynamodb://dg-{uuid.uuid4().hex[:12]}"
+
+
+def test_study_split_across_two_nodes_delivered_once(tmp_path: Path, state: str) -> None:
     """Half a study to each node at once: one manifest v1 listing all, one notification."""
     paths = write_ct_study(tmp_path / "s", 12, rows=16, columns=16)
     uid = str(dcmread(paths[0]).StudyInstanceUID)
     data = tmp_path / "data"
-    with capture_logs() as logs, _node(data, "a") as (a, port_a), _node(data, "b") as (_, port_b):
+    with (
+        capture_logs() as logs,
+        _node(data, "a", state=state) as (a, port_a),
+        _node(data, "b", state=state) as (_, port_b),
+    ):
         results: dict[str, list[int | None]] = {}
 
         def send(name: str, port: int, part: list[Path]) -> None:
