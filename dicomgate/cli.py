@@ -197,17 +197,25 @@ def _open_store(settings: Settings) -> StateStore:
 def status(
     config_file: Path | None, data_dir: Path | None, study: str | None, as_json: bool
 ) -> None:
-    """Show what the state store holds: studies and their instances by state."""
+    """Show what the state store holds: nodes, studies and their instances by state."""
+    from dicomgate.state import InstanceState
+
     settings = settings_or_exit(config_file, data_dir=data_dir)
     with _open_store(settings) as store:
         report = store.status_report(study)
         nodes = store.nodes()
+        claimed: dict[str, int] = {}
+        for in_work in (InstanceState.RECEIVED, InstanceState.PROCESSED):
+            for r in store.instances(state=in_work):
+                if r.lease_owner is not None:
+                    claimed[r.lease_owner] = claimed.get(r.lease_owner, 0) + 1
     report["nodes"] = [
         {
             "node_id": n.node_id,
             "alive": n.alive,
             "last_heartbeat": n.last_heartbeat,
             "open_associations": n.open_associations,
+            "claimed": claimed.get(n.node_id, 0),
         }
         for n in nodes
     ]
@@ -217,7 +225,7 @@ def status(
     for n in report["nodes"]:
         click.echo(
             f"node {n['node_id']}  {'alive' if n['alive'] else 'dead'}  "
-            f"{n['open_associations']} open associations"
+            f"{n['open_associations']} open associations, {n['claimed']} instances claimed"
         )
     studies = report["studies"]
     if not studies:

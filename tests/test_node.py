@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from click.testing import CliRunner
 from pydicom import dcmread
 from structlog.testing import capture_logs
 
 import dicomgate
 import dicomgate.node as node_module
+from dicomgate.cli import main
 from dicomgate.config import load_settings
 from dicomgate.node import Node, StartupError
 from dicomgate.state.sqlite import SqliteStateStore
@@ -394,6 +396,15 @@ def test_heartbeat_and_dead_nodes_work_released(tmp_path: Path) -> None:
             assert wait_for(lambda: other.get(claim.record.key).lease_owner is None, 5)  # type: ignore[union-attr]
             assert [n.node_id for n in other.nodes()] == [me.node_id]
             assert other.nodes()[0].last_heartbeat > first_beat
+            # status shows the node and what it has claimed (the test's other handle claims)
+            assert other.claim_work(me.node_id, limit=1)
+            shown = CliRunner().invoke(main, ["status", "--json", "--data-dir", str(data)])
+            [listed] = json.loads(shown.output)["nodes"]
+            assert (listed["node_id"], listed["alive"], listed["claimed"]) == (
+                me.node_id,
+                True,
+                1,
+            )
     with SqliteStateStore.open(data / "state.sqlite3") as store:
         assert store.nodes() == [] and store.lease_owners() == set()
 
