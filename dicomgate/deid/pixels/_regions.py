@@ -49,10 +49,6 @@ class Rect:
             return None
         return Rect(x0, y0, x1 - x0, y1 - y0)
 
-    def grow(self, margin: int) -> Rect:
-        return Rect(self.x - margin, self.y - margin, self.width + 2 * margin,
-                    self.height + 2 * margin)  # fmt: skip
-
 
 @dataclass(frozen=True)
 class DeviceRegions:
