@@ -426,6 +426,9 @@ class Node:
             spool_bytes=lambda: spool.usage().bytes_used,
             spool_limit=spool.limit,
             backlog=state.backlog,
+            node_id=self.settings.node_id,
+            claimed=lambda: self.pipeline.claimed() if self.pipeline is not None else 0,
+            nodes_alive=lambda: sum(n.alive for n in state.nodes()),
         )
         ops.start()
 

@@ -70,6 +70,25 @@ class Metrics:
             registry=r,
         )
 
+        # several nodes share one state store (issue 8): which node this is, what it carries,
+        # and how many nodes the store knows alive
+        self.node_info = Gauge(
+            "dicomgate_node_info",
+            "This node's id in the state store (value 1).",
+            ["node_id"],
+            registry=r,
+        )
+        self.claimed = Gauge(
+            "dicomgate_pipeline_claimed",
+            "Instances this node has claimed (leased) and is carrying now.",
+            registry=r,
+        )
+        self.nodes_alive = Gauge(
+            "dicomgate_nodes_alive",
+            "Nodes with a live heartbeat in the shared state store (this one included).",
+            registry=r,
+        )
+
     def watch(
         self,
         *,
@@ -77,9 +96,15 @@ class Metrics:
         spool_bytes: Callable[[], float],
         spool_limit: float,
         backlog: Callable[[], float],
+        node_id: str = "",
+        claimed: Callable[[], float] = lambda: 0,
+        nodes_alive: Callable[[], float] = lambda: 1,
     ) -> None:
         """Bind the scrape-time gauges to the node's live objects."""
         self.open_associations.set_function(open_associations)
         self.spool_bytes.set_function(spool_bytes)
         self.spool_limit.set(spool_limit)
         self.backlog.set_function(backlog)
+        self.node_info.labels(node_id=node_id).set(1)
+        self.claimed.set_function(claimed)
+        self.nodes_alive.set_function(nodes_alive)

@@ -269,6 +269,10 @@ class Pipeline:
             if self._carrying.get(key) is lease:  # not finished meanwhile
                 self._carrying[key] = renewed
 
+    def claimed(self) -> int:
+        """Instances this node holds a lease on right now (a gauge; read from any thread)."""
+        return len(self._carrying)
+
     def _lease(self, rec: InstanceRecord) -> Lease:
         return self._carrying[rec.key]
 

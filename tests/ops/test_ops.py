@@ -80,6 +80,10 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert _metric(text, "dicomgate_manifests_published_total") == 1
     assert _metric(text, "dicomgate_spool_limit_bytes") > 0
     assert _metric(text, "dicomgate_pipeline_backlog") == 0
+    # which node, what it carries, how many nodes are alive in the store (issue 8)
+    assert _metric(text, f'dicomgate_node_info{{node_id="{n.node.settings.node_id}"}}') == 1
+    assert _metric(text, "dicomgate_pipeline_claimed") == 0
+    assert _metric(text, "dicomgate_nodes_alive") == 1
 
 
 def test_studies_status_hides_original_identifiers(tmp_path: Path) -> None:
