@@ -328,6 +328,8 @@ class _Walker:
                 code = raw_codes.get((tag, vr, clean))
                 if code is None:
                     code = raw_codes[(tag, vr, clean)] = self._value_free_code(tag, vr, clean)
+                if code == "?":  # depends on the IOD: known from where it stands, no value
+                    code = self._not_required_code(tag, parent)
                 if code == "K":
                     # Kept as read: no decoding here, and the writer copies the bytes (PS3.15
                     # "K"); Pixel Data in particular is never decoded or copied.  A public,
@@ -386,15 +388,27 @@ class _Walker:
 
     def _value_free_code(self, tag: int, vr: str, clean: bool) -> str:
         """The action for a public, non-overridden, non-UI element, resolved as far as it
-        can be without the value: K, X, or "" (decide on the decoded element)."""
+        can be without the value: K, X, Z, D, "?" (depends on the IOD, not on the value) or ""
+        (decide on the decoded element)."""
         code = self._code(tag, vr, None, clean)
         if code in ("K", "D") or (code in ("X", "Z") and tag not in self.profile.rules):
             return code  # (no UI here: D would need the UIDs)
         if code in _IOD_DEPENDENT:
             if _keyword(tag) in _iod.MAYBE_REQUIRED and tag in self.profile.rules:
-                return ""  # required by some IOD somewhere: decided where it stands
+                return "?"  # required by some IOD somewhere: see _not_required_code
             return _iod.resolve(code, None, False)  # X (Z for Z), empty or not
         return ""
+
+    def _not_required_code(self, tag: int, parent: str) -> str:
+        """For a "?" element: X (Z for Z) when this instance's IOD does not require it where
+        it stands; "" (decide on the decoded element, :meth:`_public`) when it may."""
+        keyword = _keyword(tag)
+        if parent:
+            if (parent, keyword) in _iod.NESTED:
+                return ""
+        elif keyword in self._top_required:
+            return ""
+        return _iod.resolve(self.profile.rules[tag], None, False)
 
     def _code(self, tag: int, vr: str, value: Any, clean: bool) -> str:
         code = self.profile.rules.get(tag)
