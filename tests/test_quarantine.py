@@ -12,7 +12,7 @@ from dicomgate.quarantine import Rule, rule_of
     [
         ("deidentify", "burned-in annotation: BurnedInAnnotation is YES", Rule.BURNED_IN),
         ("deidentify", "burned-in: frame 3: 2 text regions could not be masked", Rule.BURNED_IN),
-        ("verify", "PHI check failed: 2 finding(s): name from PatientName found in X", Rule.PHI_CHECK),
+        ("verify", "PHI check failed: 2 finding(s): name found in X", Rule.PHI_CHECK),
         ("validate", "invalid StudyDate", Rule.INVALID),
         ("validate", "dataset cannot be read: InvalidDicomError", Rule.INVALID),
         ("deidentify", "dataset ends inside an element header", Rule.INVALID),

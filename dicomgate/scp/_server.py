@@ -99,7 +99,8 @@ class _SharedPortServer(_Server):
     def server_bind(self) -> None:
         # pynetdicom's server_bind sets SO_REUSEADDR only (socketserver's allow_reuse_port is
         # not consulted there): set SO_REUSEPORT first, then bind as pynetdicom does.
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock = cast(socket.socket, self.socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
 
