@@ -214,9 +214,19 @@ class Settings(BaseSettings):
     deid_replace: dict[str, str] = Field(
         default_factory=dict, description="Site override: keyword or tag -> replacement value."
     )
+    burned_in_policy: Literal["clean", "quarantine", "allow"] = Field(
+        "clean",
+        description="Instances that may show burned-in text: clean (OCR finds text, it is "
+        "blacked out on every frame; PS3.15 E.3.1), quarantine (held back) or allow (delivered "
+        "unchanged).",
+    )
+    burned_in_regions_file: Path | None = Field(
+        None,
+        description="Per-device fixed regions to black out (TOML); default: the shipped table.",
+    )
     allow_burned_in_annotation: bool = Field(
         False,
-        description="Deliver instances that may carry burned-in text instead of quarantining.",
+        description="Older spelling of burned_in_policy = allow (true wins over the policy).",
     )
     burned_in_suspect_modalities: list[str] = Field(
         default_factory=lambda: ["US", "OT", "SC", "XC", "ES", "GM", "SM", "DOC"],
@@ -335,6 +345,10 @@ class Settings(BaseSettings):
         return self
 
     # -- derived paths ----------------------------------------------------------------------------
+    @property
+    def effective_burned_in_policy(self) -> Literal["clean", "quarantine", "allow"]:
+        return "allow" if self.allow_burned_in_annotation else self.burned_in_policy
+
     @property
     def spool_root(self) -> Path:
         """``spool_dir``, or ``<data_dir>/spool`` when it is not set."""

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from dicomgate.deid._method import record_clean_pixel_data
+from dicomgate.deid._profile import BurnedInPolicy
 from dicomgate.deid.pixels._codec import (
     PixelError,
     black_value,
@@ -50,7 +50,6 @@ __all__ = [
     "clean_pixels",
 ]
 
-BurnedInPolicy = Literal["clean", "quarantine", "allow"]
 BURNED_IN_POLICIES: tuple[BurnedInPolicy, ...] = ("clean", "quarantine", "allow")
 
 #: SOP classes that often carry burned-in text (PS3.4 Annex B storage SOP classes): secondary

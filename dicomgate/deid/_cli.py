@@ -39,6 +39,7 @@ from dicomgate.deid._worker import (
     _write_atomic,
     deidentify_bytes,
     deidentify_file,
+    door_check,
 )
 from dicomgate.delivery.layout import instance_key
 from dicomgate.pseudonym import secret_key_for
@@ -70,9 +71,12 @@ def deidentify_renamed(source: str | Path, dest_root: str | Path, config: DeidCo
     """
     src = str(source)
     try:
+        refused = door_check(Path(source))
         data = Path(source).read_bytes()
     except OSError as exc:
         return FileResult(source=src, error=f"{type(exc).__name__}: {exc.strerror}")
+    if refused is not None:
+        return refused
     result, out = deidentify_bytes(data, config)
     result = dataclasses.replace(result, source=src)
     if out is None:

@@ -30,7 +30,7 @@ from pydicom.uid import (
 )
 
 from dicomgate.deid import _iod
-from dicomgate.deid._burned_in import burned_in_reason
+from dicomgate.deid._burned_in import clean_burned_in
 from dicomgate.deid._method import record_method
 from dicomgate.deid._patient import PatientPseudonyms, patient_key
 from dicomgate.deid._profile import Profile
@@ -602,20 +602,24 @@ def deidentify(ds: Dataset, profile: Profile, pseudonymizer: Pseudonymizer) -> D
     """De-identify ``ds`` under ``profile`` (PS3.15 Annex E); ``ds`` is not modified.
 
     Returns a :class:`DeidResult` holding the new dataset, or a quarantine reason when the
-    pixels may show burned-in text (:func:`dicomgate.deid._burned_in.burned_in_reason`).
+    pixels may show burned-in text that could not be found and masked, or the site chose
+    ``burned_in_policy = quarantine`` (:func:`dicomgate.deid._burned_in.clean_burned_in`).
     """
-    reason = burned_in_reason(
-        ds,
-        allow=profile.allow_burned_in,
-        suspect_modalities=profile.burned_in_suspect_modalities,
-    )
-    if reason is not None:
-        return DeidResult(dataset=None, quarantine_reason=reason)
     walker = _Walker(profile, pseudonymizer, ds)
     out = walker.walk(ds, top=True, clean=False)
     record_method(out, profile)
     if "SOPClassUID" in out and "SOPInstanceUID" in out:
         out.file_meta = _file_meta(ds, out)
+    # pixels last: cleaning re-encodes them and updates the File Meta's transfer syntax
+    reason = clean_burned_in(
+        ds,
+        out,
+        policy=profile.burned_in_policy,
+        regions=profile.burned_in_regions,
+        suspect_modalities=profile.burned_in_suspect_modalities,
+    )
+    if reason is not None:
+        return DeidResult(dataset=None, quarantine_reason=reason)
     if out.original_encoding != _ts_encoding(out):
         # Written in another encoding than read: the writer decodes and re-encodes every
         # element, as for any new dataset.

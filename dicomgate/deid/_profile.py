@@ -26,12 +26,17 @@ from pydicom.datadict import tag_for_keyword
 
 from dicomgate.config import DeidOption
 from dicomgate.deid._table import TableRow, load_table
+from dicomgate.deid.pixels._regions import RegionTable
 
 if TYPE_CHECKING:
     from dicomgate.config import Settings
 
+#: what happens to instances that may show burned-in text (:mod:`dicomgate.deid._burned_in`)
+BurnedInPolicy = Literal["clean", "quarantine", "allow"]
+
 __all__ = [
     "DEFAULT_SUSPECT_MODALITIES",
+    "BurnedInPolicy",
     "DateMode",
     "Profile",
     "compile_profile",
@@ -102,8 +107,15 @@ class Profile:
     overrides: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     replacements: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
-    allow_burned_in: bool = False
+    #: instances that may show burned-in text: ``clean`` (OCR + mask, PS3.15 E.3.1),
+    #: ``quarantine`` or ``allow`` (deliver unchanged)
+    burned_in_policy: BurnedInPolicy = "clean"
+    burned_in_regions: RegionTable = field(default_factory=RegionTable.load)
     burned_in_suspect_modalities: frozenset[str] = frozenset(DEFAULT_SUSPECT_MODALITIES)
+
+    @property
+    def allow_burned_in(self) -> bool:
+        return self.burned_in_policy == "allow"
 
     @property
     def date_mode(self) -> DateMode:
@@ -134,6 +146,8 @@ def compile_profile(
     remove: Iterable[str] = (),
     replace: Mapping[str, str] | None = None,
     allow_burned_in: bool = False,
+    burned_in_policy: BurnedInPolicy = "clean",
+    burned_in_regions: RegionTable | None = None,
     burned_in_suspect_modalities: Iterable[str] = DEFAULT_SUSPECT_MODALITIES,
 ) -> Profile:
     """Compile Table E.1-1 with ``options`` and the site overrides into a :class:`Profile`.
@@ -180,9 +194,16 @@ def compile_profile(
         overrides=MappingProxyType(overrides),
         replacements=MappingProxyType(replacements),
         safe_private=load_safe_private() if DeidOption.RETAIN_SAFE_PRIVATE in opts else frozenset(),
-        allow_burned_in=allow_burned_in,
+        burned_in_policy="allow" if allow_burned_in else burned_in_policy,
+        burned_in_regions=burned_in_regions if burned_in_regions is not None else _regions(),
         burned_in_suspect_modalities=frozenset(m.upper() for m in burned_in_suspect_modalities),
     )
+
+
+@functools.cache
+def _regions(path: str | None = None) -> RegionTable:
+    """The per-device fixed regions (the shipped table, or ``path``), read once per process."""
+    return RegionTable.load(path)
 
 
 def profile_from_settings(settings: Settings) -> Profile:
@@ -192,6 +213,9 @@ def profile_from_settings(settings: Settings) -> Profile:
         keep=settings.deid_keep,
         remove=settings.deid_remove,
         replace=settings.deid_replace,
-        allow_burned_in=settings.allow_burned_in_annotation,
+        burned_in_policy=settings.effective_burned_in_policy,
+        burned_in_regions=_regions(
+            str(settings.burned_in_regions_file) if settings.burned_in_regions_file else None
+        ),
         burned_in_suspect_modalities=settings.burned_in_suspect_modalities,
     )

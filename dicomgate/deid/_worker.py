@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
@@ -27,14 +27,20 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from dicomgate.checks import Refusal, check_header
 from dicomgate.deid._engine import deidentify
-from dicomgate.deid._profile import DEFAULT_SUSPECT_MODALITIES, Profile, compile_profile
+from dicomgate.deid._profile import (
+    DEFAULT_SUSPECT_MODALITIES,
+    BurnedInPolicy,
+    Profile,
+    _regions,
+    compile_profile,
+)
 from dicomgate.deid.verify import verify_no_phi
 from dicomgate.pseudonym import Pseudonymizer
 
 if TYPE_CHECKING:
     from dicomgate.config import Settings
 
-__all__ = ["DeidConfig", "FileResult", "deidentify_bytes", "deidentify_file"]
+__all__ = ["DeidConfig", "FileResult", "deidentify_bytes", "deidentify_file", "door_check"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class DeidConfig:
     remove: tuple[str, ...] = ()
     replace: tuple[tuple[str, str], ...] = ()
     allow_burned_in: bool = False
+    burned_in_policy: str = "clean"
+    burned_in_regions_file: str | None = None
     burned_in_suspect_modalities: tuple[str, ...] = DEFAULT_SUSPECT_MODALITIES
     verify: bool = True
 
@@ -58,7 +66,10 @@ class DeidConfig:
             keep=tuple(settings.deid_keep),
             remove=tuple(settings.deid_remove),
             replace=tuple(sorted(settings.deid_replace.items())),
-            allow_burned_in=settings.allow_burned_in_annotation,
+            burned_in_policy=settings.effective_burned_in_policy,
+            burned_in_regions_file=(
+                str(settings.burned_in_regions_file) if settings.burned_in_regions_file else None
+            ),
             burned_in_suspect_modalities=tuple(settings.burned_in_suspect_modalities),
         )
 
@@ -78,6 +89,8 @@ def _compiled(config: DeidConfig) -> tuple[Profile, Pseudonymizer]:
         remove=config.remove,
         replace=replace,
         allow_burned_in=config.allow_burned_in,
+        burned_in_policy=cast(BurnedInPolicy, config.burned_in_policy),
+        burned_in_regions=_regions(config.burned_in_regions_file),
         burned_in_suspect_modalities=config.burned_in_suspect_modalities,
     )
     return profile, Pseudonymizer(config.key)
@@ -211,6 +224,18 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def door_check(src: Path) -> FileResult | None:
+    """The node's door check (:func:`dicomgate.checks.check_header`) on a file to de-identify:
+    truncated Pixel Data and the like are held back, never written out; a file that is not
+    DICOM at all is a failure, not a quarantine.  None when the file passes."""
+    checked = check_header(src, request_sop_class_uid=None, request_sop_instance_uid=None)
+    if not isinstance(checked, Refusal):
+        return None
+    if checked.reason.startswith("dataset cannot be parsed"):
+        return FileResult(source=str(src), error=checked.reason)
+    return FileResult(source=str(src), quarantine_reason=checked.reason)
+
+
 def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) -> FileResult:
     """De-identify the file ``source`` into ``output`` (for a process pool).
 
@@ -219,13 +244,9 @@ def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) 
     src = Path(source)
     try:
         ds = _read(src)
-        # the node's door check too: truncated Pixel Data and the like are never written out;
-        # a file that is not DICOM at all stays a failure, not a quarantine
-        checked = check_header(src, request_sop_class_uid=None, request_sop_instance_uid=None)
-        if isinstance(checked, Refusal):
-            if checked.reason.startswith("dataset cannot be parsed"):
-                return FileResult(source=str(src), error=checked.reason)
-            return FileResult(source=str(src), quarantine_reason=checked.reason)
+        refused = door_check(src)
+        if refused is not None:
+            return refused
         result, data = _run(ds, str(src), config)
         if data is None:
             return result

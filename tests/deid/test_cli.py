@@ -58,8 +58,12 @@ def test_same_key_same_pseudonyms_across_runs(tree: Path, tmp_path: Path) -> Non
         assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
 
 
-def test_options_and_quarantine_reported(tree: Path, tmp_path: Path) -> None:
-    """--option is applied; a burned-in instance and a non-DICOM file make the exit status 1."""
+def test_options_and_quarantine_reported(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--option is applied; a burned-in instance (under burned_in_policy = quarantine) and a
+    non-DICOM file make the exit status 1."""
+    monkeypatch.setenv("DICOMGATE_BURNED_IN_POLICY", "quarantine")
     ds = dcmread(tree / "study2" / "CT00001.dcm")
     ds.BurnedInAnnotation = "YES"
     ds.save_as(tree / "study2" / "CT00001.dcm")
@@ -70,7 +74,7 @@ def test_options_and_quarantine_reported(tree: Path, tmp_path: Path) -> None:
     )
     assert code == 1
     assert "4 written, 1 quarantined, 1 failed" in text
-    assert "quarantined study2/CT00001.dcm: burned-in annotation" in text
+    assert "quarantined study2/CT00001.dcm: burned-in: BurnedInAnnotation is YES (" in text
     assert not (out / "study2" / "CT00001.dcm").exists()
     kept = dcmread(out / "study2" / "CT00002.dcm")
     assert kept.LongitudinalTemporalInformationModified == "MODIFIED"
@@ -129,10 +133,8 @@ def test_rename_names_output_by_pseudonymized_uids(tmp_path: Path) -> None:
         uid = str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
         originals.append(uid)
         p.rename(p.with_name(f"{uid}.dcm"))
-    burned = root / "study" / f"{originals[0]}.dcm"
-    ds = dcmread(burned)
-    ds.BurnedInAnnotation = "YES"
-    ds.save_as(burned)
+    cut = root / "study" / f"{originals[0]}.dcm"  # Pixel Data cut short: held back
+    cut.write_bytes(cut.read_bytes()[:-40])
     (root / "1.2.826.0.1.3680043.99.notdicom.dcm").write_text("not dicom")
     out = tmp_path / "out"
     result = _cli("deidentify", str(root), str(out), "--rename", "-j", "2", cwd=tmp_path, key=KEY)

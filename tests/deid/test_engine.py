@@ -104,7 +104,7 @@ def test_burned_in_annotation_rule(
         ds.BurnedInAnnotation = flag
     if sop_class:
         ds.SOPClassUID = sop_class
-    result = deidentify(ds, compile_profile([]), pseudonymizer())
+    result = deidentify(ds, compile_profile([], burned_in_policy="quarantine"), pseudonymizer())
     assert (result.quarantine_reason is not None) is quarantined
     assert result.ok is not quarantined
     allowed = deidentify(ds, compile_profile([], allow_burned_in=True), pseudonymizer())

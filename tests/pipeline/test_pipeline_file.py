@@ -50,7 +50,8 @@ def test_study_delivered_to_file_destination(tmp_path: Path) -> None:
 
 
 def test_quarantined_instances_listed_in_manifest_and_status(tmp_path: Path) -> None:
-    """Burned-in text and a rejected modality are held back, with reasons, and reported."""
+    """Burned-in text (burned_in_policy = quarantine) and a rejected modality are held back,
+    with reasons, and reported."""
     import subprocess
     import sys
 
@@ -59,7 +60,9 @@ def test_quarantined_instances_listed_in_manifest_and_status(tmp_path: Path) -> 
     burned.BurnedInAnnotation = "YES"
     burned.save_as(paths[1], enforce_file_format=True)
     study_uid = str(burned.StudyInstanceUID)
-    with start_node(tmp_path / "data", pipeline=True, stable_after=0.3) as n:
+    with start_node(
+        tmp_path / "data", pipeline=True, stable_after=0.3, burned_in_policy="quarantine"
+    ) as n:
         assert send_files(n.host, n.port, paths) == [0, 0, 0]
         assert wait_for(lambda: _manifest_version(n, study_uid) == 1, timeout=30)
         record = n.node.state.study(study_uid)  # type: ignore[union-attr]
