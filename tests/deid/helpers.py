@@ -48,7 +48,9 @@ def row_tag(row: dict[str, str]) -> int | None:
 
 
 def profile(options: Iterable[DeidOption | str] = (), **kwargs: Any) -> Profile:
-    return compile_profile(options, allow_burned_in=kwargs.pop("allow_burned_in", True), **kwargs)
+    return compile_profile(
+        options, burned_in_policy=kwargs.pop("burned_in_policy", "allow"), **kwargs
+    )
 
 
 def pseudonymizer(key: bytes = KEY) -> Pseudonymizer:

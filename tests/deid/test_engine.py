@@ -107,7 +107,7 @@ def test_burned_in_annotation_rule(
     result = deidentify(ds, compile_profile([], burned_in_policy="quarantine"), pseudonymizer())
     assert (result.quarantine_reason is not None) is quarantined
     assert result.ok is not quarantined
-    allowed = deidentify(ds, compile_profile([], allow_burned_in=True), pseudonymizer())
+    allowed = deidentify(ds, compile_profile([], burned_in_policy="allow"), pseudonymizer())
     assert allowed.ok
 
 

@@ -26,7 +26,7 @@ from tests.deid.planted import Planted, planted_copy
 from tests.deid.realworld import real_world_files
 
 # Burned-in suspects would be held back before the walk: every file is walked here.
-PROFILE = profile(allow_burned_in=True)
+PROFILE = profile(burned_in_policy="allow")
 
 
 @pytest.fixture(autouse=True)
