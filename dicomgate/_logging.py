@@ -197,6 +197,8 @@ class LogSetup:
 
     level: str = "info"
     fmt: str = "auto"
+    #: the node id every line carries when several nodes share one stderr (serve --workers)
+    node: str | None = None
 
 
 _current: LogSetup | None = None
@@ -207,12 +209,21 @@ def current_log_setup() -> LogSetup | None:
     return _current
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> LogSetup:
+def configure_logging(
+    level: str = "info", fmt: str = "auto", *, node: str | None = None
+) -> LogSetup:
     """Configure structlog, and route the stdlib loggers (pydicom, pynetdicom, boto) and
-    warnings through it, redacted; return the set-up for worker processes."""
+    warnings through it, redacted; return the set-up for worker processes. ``node``: a node
+    id added to every line (several nodes writing to one stderr)."""
     global _current
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+    def add_node(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        event.setdefault("node", node)
+        return event
+
     shared: list[Any] = [
+        *([add_node] if node is not None else []),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -258,7 +269,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> LogSetup:
     threading.excepthook = _thread_crashed
     sys.excepthook = _crashed
     sys.unraisablehook = _unraisable
-    _current = LogSetup(level=level, fmt="json" if use_json else "console")
+    _current = LogSetup(level=level, fmt="json" if use_json else "console", node=node)
     return _current
 
 
@@ -267,7 +278,7 @@ def configure_worker_logging(setup: LogSetup | None = None) -> None:
     :func:`current_log_setup`; the defaults when the parent never configured logging), so
     pydicom's warnings in a worker are redacted JSON too, not raw text on the shared stderr."""
     setup = setup or LogSetup()
-    configure_logging(setup.level, setup.fmt)
+    configure_logging(setup.level, setup.fmt, node=setup.node)
 
 
 def get_logger(name: str) -> Any:

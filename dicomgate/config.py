@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         description="Listen with SO_REUSEPORT so several node processes share the DICOM port "
         "(set by serve --workers; the kernel spreads associations across them).",
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Node processes sharing the DICOM port on this host (serve --workers; "
+        "SO_REUSEPORT, one state store and spool); 0: one per core, 1: a single process.",
+    )
     ae_title: str = Field("DICOMGATE", description="This node's AE title.")
     require_called_ae_title: bool = Field(
         True, description="Reject associations whose Called AE Title is not ae_title."
@@ -172,11 +179,30 @@ class Settings(BaseSettings):
         "dynamodb://TABLE (nodes anywhere; region, credentials and AWS_ENDPOINT_URL_DYNAMODB "
         "from boto3).",
     )
+    state_create: bool = Field(
+        True,
+        description="Create the state store (DynamoDB table, SQLite file) when it is missing. "
+        "False in production: a node then refuses to start rather than create a table the "
+        "deployment should own (run `dicomgate state init` from the deploy job instead).",
+    )
     node_id: str = Field(
         default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
         min_length=1,
         max_length=128,
         description="This node's id in the state store (leases, heartbeats); host name + pid.",
+    )
+    heartbeat_ttl: float = Field(
+        30.0,
+        ge=0.5,
+        le=3600,
+        description="Seconds without a heartbeat (sent every third of it) after which the other "
+        "nodes take this node for dead and adopt its work.",
+    )
+    lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="How long a claim on an instance lasts unless renewed (every third of it).",
     )
     spool_limit: ByteSize = Field(
         ByteSize(50 * 1024**3),

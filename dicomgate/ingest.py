@@ -86,6 +86,35 @@ class Ingest:
         # version; instances with different UIDs never wait for each other.
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
 
+    def hold(self, study_instance_uid: str, association_id: str) -> None:
+        """An open association of this node carries the study: no node may publish it until
+        :meth:`release` (or until this node's heartbeat expires).
+
+        A failure is logged, not the sender's problem: the instance is already durable and
+        recorded, and without the hold the study still waits ``stable_after`` after its last
+        instance; at worst it is published in two manifest versions, nothing is lost.
+        """
+        try:
+            self.state.hold_study(study_instance_uid, self.node_id, association_id)
+        except Exception as exc:
+            log.warning(
+                "could not hold the study for this association",
+                error=type(exc).__name__,
+                traceback=safe_traceback(exc),
+            )
+
+    def release(self, association_id: str) -> None:
+        """The association ended: its study holds go (failures logged; the node's holds all
+        go when it stops or its heartbeat expires)."""
+        try:
+            self.state.release_holds(self.node_id, association_id)
+        except Exception as exc:
+            log.warning(
+                "could not release the association's study holds",
+                error=type(exc).__name__,
+                traceback=safe_traceback(exc),
+            )
+
     def _stripe(self, sop_instance_uid: str) -> threading.Lock:
         return self._stripes[zlib.crc32(sop_instance_uid.encode()) % _STRIPES]
 

@@ -21,7 +21,7 @@ import signal
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -41,8 +41,6 @@ from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.spool import Spool, node_dir_name
 from dicomgate.state import (
-    DEFAULT_HEARTBEAT_TTL,
-    DEFAULT_LEASE_SECONDS,
     InstanceRecord,
     StateError,
     StateStore,
@@ -130,12 +128,15 @@ class Node:
         settings: Settings,
         *,
         pipeline: bool = True,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL,
+        lease_seconds: float | None = None,
+        heartbeat_ttl: float | None = None,
+        pipeline_workers: int | None = None,
     ) -> None:
         self.settings = settings
-        self.lease_seconds = lease_seconds
-        self.heartbeat_ttl = heartbeat_ttl
+        self.pipeline_workers = pipeline_workers
+        # the settings' unless a test overrides them
+        self.lease_seconds = settings.lease_seconds if lease_seconds is None else lease_seconds
+        self.heartbeat_ttl = settings.heartbeat_ttl if heartbeat_ttl is None else heartbeat_ttl
         self._stop_beating = threading.Event()
         self._heart: threading.Thread | None = None
         self.secret_key = self._load_key()
@@ -266,10 +267,20 @@ class Node:
         """Spool sub-directories of nodes without a live heartbeat (multi-node layout only):
         reconciled by this node, so files acknowledged by a dead node and never recorded are
         adopted too. (Recorded ones are adopted by claims.)"""
-        if not self.multi or self.state is None:
+        if self.state is None:
             return {}
+        if not self.multi:
+            # A single node holds the data directory alone: the nodes/ directories left by an
+            # earlier multi-node run (serve --workers) of this data directory are its to adopt —
+            # when the spool is this data directory's own (spool_dir not set elsewhere).
+            return self.spool.other_nodes() if self.settings.spool_dir is None else {}
         live = {node_dir_name(n.node_id) for n in self.state.nodes() if n.alive}
-        return {name: d for name, d in self.spool.other_nodes().items() if name not in live}
+        dead = {name: d for name, d in self.spool.other_nodes().items() if name not in live}
+        if (self.spool.root / "instances").is_dir():
+            # the single-node layout of an earlier run (before serve --workers): no node runs
+            # in it now (a single node would hold dicomgate.lock exclusively), so it is adopted
+            dead["(single-node layout)"] = self.spool.root
+        return dead
 
     def _staging(self) -> Path:
         """Where the pipeline writes de-identified files before upload (per node when several
@@ -319,7 +330,7 @@ class Node:
         self._lock_data_dir()
         try:
             self.spool.prepare()
-            self.state = open_state(self.settings)
+            self.state = open_state(self.settings, create=self.settings.state_create)
         except (OSError, sqlite3.Error, StateError) as exc:
             raise _data_dir_error(self.settings, exc) from None
         self._join(self.state)
@@ -346,6 +357,7 @@ class Node:
                 metrics=self.metrics,
                 lease_seconds=self.lease_seconds,
                 staging=self._staging(),
+                workers=self.pipeline_workers,
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
@@ -379,6 +391,7 @@ class Node:
         ops = _address(*self.ops.address) if self.ops is not None else "disabled"
         fields: dict[str, object] = {
             "version": __version__,
+            "node_id": s.node_id,
             "listen": _address(*address),
             "ae_title": s.ae_title,
             "ops": ops,
@@ -470,17 +483,30 @@ class Node:
         self._lock_fd = self._node_lock_fd = None
 
 
-def run_node(settings: Settings, *, warnings: Iterable[str] = ()) -> int:
+def run_node(
+    settings: Settings,
+    *,
+    warnings: Iterable[str] = (),
+    worker: bool = False,
+    pipeline_workers: int | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status.
 
     ``warnings`` (unknown ``DICOMGATE_*`` variables) are logged once logging is set up, so a
-    JSON-format node's stderr stays JSON.
+    JSON-format node's stderr stays JSON. ``worker``: one of ``serve --workers``' processes
+    (see :mod:`dicomgate.supervisor`): its lines carry its node id, and only SIGTERM stops it —
+    the supervisor forwards one, and escalates with SIGKILL (acknowledged instances are durable
+    already), so a second SIGTERM (systemd signals the whole group too) changes nothing.
+    ``on_started``: called once the node serves.
     """
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level, settings.log_format, node=settings.node_id if worker else None
+    )
     for warning in warnings:
         log.warning(warning)
     try:
-        node = Node(settings)
+        node = Node(settings, pipeline_workers=pipeline_workers)
         node.start()
     except (StartupError, ValueError) as exc:  # port taken, data dir unusable or locked, key
         log.error("cannot start", error=str(exc))
@@ -492,19 +518,24 @@ def run_node(settings: Settings, *, warnings: Iterable[str] = ()) -> int:
         log.error("cannot start", error=type(exc).__name__)
         return 2
 
+    if on_started is not None:
+        on_started()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Signal handlers only set a flag; a second signal means "now" (acknowledged
         # instances are already durable, so exiting at once loses nothing).
         if stop.is_set():
+            if worker:
+                return  # the supervisor escalates with SIGKILL
             log.warning("second signal, exiting at once", signal=signal.Signals(signum).name)
             os._exit(1)
         log.info("shutting down", signal=signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # a worker leaves SIGINT (Ctrl-C reaches the whole process group) to its supervisor
+    signal.signal(signal.SIGINT, signal.SIG_IGN if worker else on_signal)
     while not stop.wait(0.5):
         pass
     node.stop()

@@ -142,7 +142,7 @@ class NodeProcess:
         return "".join(self.raw)
 
 
-def _pump(np: NodeProcess, ready: threading.Event) -> None:
+def _pump(np: NodeProcess, ready: threading.Event, listeners: int = 1) -> None:
     assert np.proc.stderr is not None
     for line in np.proc.stderr:
         np.raw.append(line)
@@ -153,21 +153,32 @@ def _pump(np: NodeProcess, ready: threading.Event) -> None:
         np.lines.append(entry)
         if entry.get("event") == "listening":
             np.port = int(entry["port"])
-            ready.set()
+        if entry.get("event") in ("listening", "node started"):
+            # one node: listening is enough; several: every one has announced itself
+            event = "listening" if listeners == 1 else "node started"
+            if len(np.events(event)) >= listeners:
+                ready.set()
     ready.set()
 
 
 @contextlib.contextmanager
 def serve_process(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    listeners: int = 1,
 ) -> Iterator[NodeProcess]:
-    """Run ``dicomgate serve`` on 127.0.0.1 with an ephemeral port; always stop it."""
+    """Run ``dicomgate serve`` on 127.0.0.1 with an ephemeral port; always stop it.
+
+    Ready once ``listeners`` nodes said "listening" (``serve --workers N``: N)."""
     full_env = {
         **os.environ,
         "DICOMGATE_SECRET_KEY": TEST_KEY,
         "DICOMGATE_MIN_FREE_SPACE": "0",
         "DICOMGATE_LOG_FORMAT": "json",
         "DICOMGATE_OPS_PORT": "0",
+        "DICOMGATE_WORKERS": "1",  # one process unless a test asks for serve --workers
         **(env or {}),
     }
     proc = subprocess.Popen(
@@ -192,7 +203,7 @@ def serve_process(
     )
     np = NodeProcess(proc, data_dir)
     ready = threading.Event()
-    np._reader = threading.Thread(target=_pump, args=(np, ready), daemon=True)
+    np._reader = threading.Thread(target=_pump, args=(np, ready, listeners), daemon=True)
     np._reader.start()
     try:
         if not ready.wait(timeout) or np.port == 0:

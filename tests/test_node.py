@@ -243,7 +243,7 @@ def _serve(
         stderr=subprocess.PIPE,
         text=True,
         env={**clean, "DICOMGATE_LOG_FORMAT": "json", "DICOMGATE_MIN_FREE_SPACE": "0",
-             "DICOMGATE_OPS_PORT": "0", **(env or {})},
+             "DICOMGATE_OPS_PORT": "0", "DICOMGATE_WORKERS": "1", **(env or {})},
         start_new_session=True,
     )  # fmt: skip
     assert proc.stderr is not None

@@ -7,11 +7,9 @@ crosses back to the event loop is a small picklable :class:`WorkResult`.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +19,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomgate._logging import LogSetup, configure_worker_logging
+from dicomgate._process import die_with_parent
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 from dicomgate.spool import sha256_file
 
 __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _IN_MEMORY_WRITE = 32 * 1024 * 1024
 
 
@@ -46,11 +44,7 @@ def worker_init(log_setup: LogSetup | None = None) -> None:
     # Receiving comes first: a sender waits on every C-STORE response, while de-identification
     # is background work that can lag a little behind (promise 5 covers the spool).
     os.nice(10)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
+    die_with_parent()
 
 
 class Quarantine(Exception):  # noqa: N818 - it is an outcome, not an error

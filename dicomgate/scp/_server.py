@@ -85,6 +85,8 @@ class AssociationInfo:
     studies: set[str] = field(default_factory=set)
     stored: int = 0
     refused: int = 0
+    #: set when the association ended (the registry forgot it): no new study holds after that
+    closed: bool = False
 
 
 class _Server(ThreadedAssociationServer):
@@ -261,11 +263,12 @@ class StoreSCP:
 
     # -- association registry -------------------------------------------------------------------
     @staticmethod
-    def _new_info(assoc: Any) -> AssociationInfo:
+    def _new_info(assoc: Any, *, closed: bool = False) -> AssociationInfo:
         return AssociationInfo(
             assoc_id=uuid.uuid4().hex[:12],
             calling_ae=str(assoc.requestor.ae_title).strip(),
             peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+            closed=closed,
         )
 
     def register(self, assoc: Any) -> AssociationInfo:
@@ -285,16 +288,38 @@ class StoreSCP:
         removes — ``busy()`` and ``studies_in_flight()`` would report it forever.
         """
         info = getattr(assoc, _INFO_ATTR, None)
-        return info if isinstance(info, AssociationInfo) else self._new_info(assoc)
+        return info if isinstance(info, AssociationInfo) else self._new_info(assoc, closed=True)
 
     def add_study(self, info: AssociationInfo, study_instance_uid: str) -> None:
-        if study_instance_uid not in info.studies:
-            with self._lock:  # studies_in_flight() reads the sets under the lock
-                info.studies.add(study_instance_uid)
+        """The association carries this study: locally (``studies_in_flight``) and, the first
+        time, as a hold in the shared state store, so no node publishes the study while this
+        association is open (issue 8, item 2).
+
+        A store handler can run after its association's close event (see :meth:`info`): a hold
+        taken then would outlive the association, so it is taken only while the association is
+        registered, and given back if the association ended while it was being written.
+        """
+        with self._lock:  # studies_in_flight() reads the sets under the lock
+            if study_instance_uid in info.studies:
+                return
+            info.studies.add(study_instance_uid)
+            if info.closed:
+                return
+        self.ingest.hold(study_instance_uid, info.assoc_id)
+        with self._lock:
+            ended_meanwhile = info.closed
+        if ended_meanwhile:
+            self.ingest.release(info.assoc_id)
 
     def forget(self, assoc: Any) -> AssociationInfo | None:
+        """The association ended: stop tracking it and give back its study holds."""
         with self._lock:
-            return self._associations.pop(id(assoc), None)
+            info = self._associations.pop(id(assoc), None)
+            if info is not None:
+                info.closed = True
+        if info is not None and info.studies:
+            self.ingest.release(info.assoc_id)
+        return info
 
     def busy(self) -> bool:
         """Whether any association is open (cheap; polled by the pipeline)."""

@@ -74,7 +74,8 @@ def is_shared(settings: Settings) -> bool:
 def open_state(settings: Settings, *, readonly: bool = False, create: bool = True) -> StateStore:
     """The state store ``DICOMGATE_STATE`` names: ``sqlite`` (default; under the data
     directory) or ``dynamodb://TABLE`` (its module imported only then: boto3 is not needed
-    otherwise). ``create``: make the DynamoDB table when missing."""
+    otherwise). ``create``: make the store (the DynamoDB table, the SQLite file) when missing;
+    False refuses a missing one with a :class:`StateError` (a read-only open never creates)."""
     if settings.state.startswith(_DYNAMODB):
         # by name: the module (another backend, with boto3) is imported only when chosen
         dynamodb = importlib.import_module("dicomgate.state.dynamodb")
@@ -84,4 +85,9 @@ def open_state(settings: Settings, *, readonly: bool = False, create: bool = Tru
         raise StateError(f"unknown state store {settings.state!r} (DICOMGATE_STATE)")
     from dicomgate.state.sqlite import SqliteStateStore
 
+    if not create and not readonly and not settings.state_path.exists():
+        raise StateError(
+            f"no state store at {settings.state_path}, and creating one is forbidden "
+            "(DICOMGATE_STATE_CREATE=false): run `dicomgate state init` first"
+        )
     return SqliteStateStore.open(settings.state_path, readonly=readonly)

@@ -452,7 +452,7 @@ class DynamoDBStateStore:
             if _code(exc) == "ResourceNotFoundException":
                 raise TableMissingError(
                     f"DynamoDB table {self.table!r} does not exist and may not be created here "
-                    "(run `dicomgate state init`, or allow table creation)"
+                    "(DICOMGATE_STATE_CREATE=false: run `dicomgate state init` first)"
                 ) from None
             raise
         present = {i["IndexName"] for i in desc.get("GlobalSecondaryIndexes", [])}
