@@ -209,6 +209,7 @@ def status(
             for r in store.instances(state=in_work):
                 if r.lease_owner is not None:
                     claimed[r.lease_owner] = claimed.get(r.lease_owner, 0) + 1
+    _group_quarantined(report["studies"])
     report["nodes"] = [
         {
             "node_id": n.node_id,
@@ -241,11 +242,28 @@ def status(
                 f"    nothing delivered (every instance held back); reported as "
                 f"{s['deid_study']}  manifest v{s['manifest_version']}"
             )
+        for rule, count in s["quarantined_by_rule"].items():
+            click.echo(f"    {rule}: {count} quarantined")
+            for q in s["quarantined"]:
+                if q["rule"] == rule:
+                    click.echo(
+                        f"        {q['instance']} (delivered name {q['deid_instance']}, "
+                        f"{q['stage']}): {q['reason']}"
+                    )
+
+
+def _group_quarantined(studies: list[dict[str, Any]]) -> None:
+    """Name the rule of each quarantined instance (``dicomgate.quarantine``) and count them
+    per rule, in the rules' order, for each study of a status report (in place)."""
+    from dicomgate.quarantine import Rule, rule_of
+
+    for s in studies:
+        counts = dict.fromkeys(Rule, 0)
         for q in s["quarantined"]:
-            click.echo(
-                f"    quarantined {q['instance']} (delivered name {q['deid_instance']}, "
-                f"{q['stage']}): {q['reason']}"
-            )
+            rule = rule_of(q["stage"], q["reason"])
+            q["rule"] = rule.value
+            counts[rule] += 1
+        s["quarantined_by_rule"] = {r.value: n for r, n in counts.items() if n}
 
 
 @main.command()

@@ -86,3 +86,61 @@ def test_state_init_and_migrate(tmp_path: Path) -> None:
     new = runner.invoke(main, ["state", "init", "--data-dir", str(tmp_path / "new")])
     assert new.exit_code == 0 and "0 studies" in new.output
     assert (tmp_path / "new" / "state.sqlite3").exists()
+
+
+def test_status_groups_quarantined_instances_by_rule(tmp_path: Path) -> None:
+    """``status`` prints a line per rule with its count, then that rule's instances; ``--json``
+    names the rule of each quarantined instance and counts them per study."""
+    from click.testing import CliRunner
+    from pydicom import dcmread
+
+    from dicomgate.cli import main
+    from dicomgate.testing import write_ct_study
+    from tests.helpers import send_files, wait_for
+
+    paths = write_ct_study(tmp_path / "s", 4, rows=16, columns=16)
+    burned = dcmread(paths[1])
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(paths[1], enforce_file_format=True)
+    for p in paths[2:]:
+        lacking = dcmread(p)
+        del lacking.StudyDescription
+        lacking.save_as(p, enforce_file_format=True)
+    uid = str(burned.StudyInstanceUID)
+    data = tmp_path / "data"
+    with start_node(
+        data,
+        pipeline=True,
+        stable_after=0.2,
+        burned_in_policy="quarantine",
+        require_attributes=["StudyDescription"],
+    ) as n:
+        assert send_files(n.host, n.port, paths) == [0, 0, 0, 0]
+        assert wait_for(lambda: (s := n.node.state.study(uid)) is not None and s.manifest_version)  # type: ignore[union-attr]
+
+    runner = CliRunner()
+    as_json = runner.invoke(main, ["status", uid, "--json", "--data-dir", str(data)])
+    assert as_json.exit_code == 0, as_json.output
+    [study] = json.loads(as_json.output)["studies"]
+    assert study["quarantined_by_rule"] == {"burned-in": 1, "invalid": 2}
+    rules = {q["instance"]: q["rule"] for q in study["quarantined"]}
+    lacking_uids = {str(dcmread(p).SOPInstanceUID) for p in paths[2:]}
+    assert rules == {str(burned.SOPInstanceUID): "burned-in"} | dict.fromkeys(
+        lacking_uids, "invalid"
+    )
+
+    text = runner.invoke(main, ["status", uid, "--data-dir", str(data)])
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    start = lines.index("    burned-in: 1 quarantined")
+    assert lines[start + 1].startswith(f"        {burned.SOPInstanceUID} (delivered name ")
+    assert lines[start + 1].endswith("): burned-in: BurnedInAnnotation is YES "
+                                     "(burned_in_policy is quarantine)")  # fmt: skip
+    assert lines[start + 2] == "    invalid: 2 quarantined"
+    held = lines[start + 3 : start + 5]
+    assert {line.split()[0] for line in held} == lacking_uids
+    assert all(
+        line.endswith("validate): required attribute StudyDescription is missing or empty")
+        for line in held
+    )
+    assert len(lines) == start + 5  # nothing else quarantined, nothing after

@@ -42,6 +42,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.quarantined = Counter(
+            "dicomgate_quarantined",
+            "Instances held back, by rule (dicomgate.quarantine.Rule: burned-in, phi-check, "
+            "invalid, spool, worker-crash, destination, other).",
+            ["rule"],
+            registry=r,
+        )
         self.upload_retries = Counter(
             "dicomgate_upload_retries", "Upload attempts that failed and were retried.", registry=r
         )

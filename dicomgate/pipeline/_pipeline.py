@@ -47,6 +47,7 @@ from dicomgate.pipeline._retry import backoff
 from dicomgate.pipeline._work import WorkOrder, WorkResult, process_instance, worker_init
 from dicomgate.pipeline.validate import AcceptRules
 from dicomgate.pseudonym import Pseudonymizer
+from dicomgate.quarantine import rule_of
 from dicomgate.spool import Spool
 from dicomgate.state import (
     DEFAULT_LEASE_SECONDS,
@@ -308,6 +309,8 @@ class Pipeline:
         )
         self._finished(rec)
         self._count("quarantined")
+        if self._metrics is not None:
+            self._metrics.quarantined.labels(rule_of(stage, reason).value).inc()
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
@@ -400,7 +403,9 @@ class Pipeline:
                 error=type(exc).__name__,
                 traceback=safe_traceback(exc),
             )
-            self._quarantine(rec, stage="process", reason=type(exc).__name__)
+            self._quarantine(
+                rec, stage="process", reason=f"processing failed: {type(exc).__name__}"
+            )
             return False
         return await self._record(rec, result)
 
@@ -539,7 +544,9 @@ class Pipeline:
                         version=rec.version,
                     )
                     return
-                self._quarantine(rec, stage="upload", reason=f"{exc.code}: refused")
+                self._quarantine(
+                    rec, stage="upload", reason=f"destination refused it: {exc.code or 'no code'}"
+                )
                 log.error(
                     "upload refused",
                     instance=self._pz.log_id(rec.sop_instance_uid),

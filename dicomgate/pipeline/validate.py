@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from dicomgate.uids import is_valid_uid
 
@@ -80,6 +81,12 @@ class InstanceMetadata(BaseModel):
         )
 
 
+def _sop_class(uid: str) -> str:
+    """A SOP class by its standard name (PS3.6 Annex A), never by a UID (reasons carry none)."""
+    known = UID(uid)
+    return f"SOP class {known.name}" if known.name != uid else "a non-standard SOP class"
+
+
 @dataclass(frozen=True)
 class AcceptRules:
     """Which instances this node delivers. Empty sets mean "any"."""
@@ -112,7 +119,7 @@ class AcceptRules:
         if self.modalities and (meta.modality or "").upper() not in self.modalities:
             found.append(f"modality {meta.modality or '(none)'} is not accepted")
         if self.sop_classes and meta.sop_class_uid not in self.sop_classes:
-            found.append(f"SOP class {meta.sop_class_uid} is not accepted")
+            found.append(f"{_sop_class(meta.sop_class_uid)} is not accepted")
         for keyword in self.required:
             value = ds.get(keyword)
             if value is None or (hasattr(value, "__len__") and len(value) == 0):

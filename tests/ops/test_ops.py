@@ -86,6 +86,36 @@ def test_metrics_count_what_happened(tmp_path: Path) -> None:
     assert _metric(text, "dicomgate_nodes_alive") == 1
 
 
+def test_quarantined_instances_counted_by_rule(tmp_path: Path) -> None:
+    """Every instance held back counts once under its rule: burned-in text (the site's
+    policy), a missing required attribute (invalid); delivered instances count nowhere."""
+    paths = write_ct_study(tmp_path / "s", 4, rows=16, columns=16)
+    burned = dcmread(paths[1])
+    burned.BurnedInAnnotation = "YES"
+    burned.save_as(paths[1], enforce_file_format=True)
+    for p in paths[2:]:
+        lacking = dcmread(p)
+        del lacking.StudyDescription
+        lacking.save_as(p, enforce_file_format=True)
+    uid = str(burned.StudyInstanceUID)
+    with start_node(
+        tmp_path / "data",
+        pipeline=True,
+        stable_after=0.2,
+        burned_in_policy="quarantine",
+        require_attributes=["StudyDescription"],
+    ) as n:
+        assert send_files(n.host, n.port, paths) == [0, 0, 0, 0]
+        assert wait_for(lambda: (s := n.node.state.study(uid)) is not None and s.manifest_version)  # type: ignore[union-attr]
+        code, text = _get(n, "/metrics")
+    assert code == 200
+    assert _metric(text, 'dicomgate_quarantined_total{rule="burned-in"}') == 1
+    assert _metric(text, 'dicomgate_quarantined_total{rule="invalid"}') == 2
+    assert 'rule="phi-check"' not in text and 'rule="other"' not in text
+    assert _metric(text, 'dicomgate_pipeline_instances_total{outcome="quarantined"}') == 3
+    assert _metric(text, 'dicomgate_pipeline_instances_total{outcome="uploaded"}') == 1
+
+
 def test_studies_status_hides_original_identifiers(tmp_path: Path) -> None:
     """/studies/<uid> answers by original or pseudonymized UID and shows only pseudonyms."""
     paths = write_ct_study(tmp_path / "s", 2, rows=16, columns=16)
