@@ -68,6 +68,7 @@ def send_files(
     aec: str = "DICOMGATE",
     aet: str = "PYNETDICOM",
     on_status: Any = None,
+    timeout: float = 30,
 ) -> list[int | None]:
     """C-STORE each file's bytes as they are on disk (no re-encoding); return the statuses.
 
@@ -76,7 +77,7 @@ def send_files(
     request that disagrees with its dataset.
     """
     ae = AE(ae_title=aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts: dict[tuple[str, str], None] = {}
     for p in paths:
         meta = dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta

@@ -3,12 +3,12 @@ its own, restarted when one dies, drained together on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import json
 from pathlib import Path
 
 from pydicom import dcmread

@@ -126,3 +126,57 @@ def test_dead_nodes_instances_adopted(tmp_path: Path) -> None:
         )  # type: ignore[union-attr]
         rows = node.state.instances(study_instance_uid=uid)
         assert len(rows) == 4 and {r.state for r in rows} == {InstanceState.DELIVERED}
+
+
+def test_open_association_on_one_node_holds_the_study_on_all(tmp_path: Path, state: str) -> None:
+    """While an association on node a still carries a study, node b (which does the
+    publishing: a runs no pipeline) does not publish it, however long ``stable_after`` has
+    passed; once the association is released, the hold goes and b publishes version 1."""
+    from pynetdicom import AE
+
+    paths = write_ct_study(tmp_path / "s", 3, rows=16, columns=16)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    data = tmp_path / "data"
+    with (
+        _node(data, "a", state=state, pipeline=False) as (a, port_a),
+        _node(data, "b", state=state, stable_after=0.2) as (b, _),
+    ):
+        assert a.state is not None and b.state is not None
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(str(dcmread(paths[0]).SOPClassUID))
+        assoc = ae.associate("127.0.0.1", port_a, ae_title="DICOMGATE")
+        assert assoc.is_established
+        try:
+            for p in paths:
+                assert assoc.send_c_store(dcmread(p)).Status == 0
+            assert b.state.held_studies() == {uid}
+            # b de-identifies and uploads everything, but must not publish while a holds it
+            assert wait_for(
+                lambda: {r.state for r in b.state.instances(study_instance_uid=uid)}  # type: ignore[union-attr]
+                == {InstanceState.UPLOADED},
+                30,
+            )
+            assert not wait_for(lambda: b.state.study(uid).manifest_version > 0, 2)  # type: ignore[union-attr]
+        finally:
+            assoc.release()
+        assert wait_for(lambda: b.state.held_studies() == set(), 10)  # type: ignore[union-attr]
+        assert wait_for(lambda: b.state.study(uid).notified_version == 1, 30)  # type: ignore[union-attr]
+
+
+def test_refuses_to_create_a_missing_store_when_forbidden(tmp_path: Path, state: str) -> None:
+    """state_create = false: a node finds no store (no table, no SQLite file) and refuses to
+    start, naming the setting, instead of creating one the deployment should own."""
+    from dicomgate.node import StartupError
+
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        ops_port=0,
+        secret_key=TEST_KEY,
+        state=state,
+        state_create=False,
+    )
+    node = Node(settings, pipeline=False)
+    with pytest.raises(StartupError, match="DICOMGATE_STATE_CREATE"):
+        node.start()
