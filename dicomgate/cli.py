@@ -79,12 +79,27 @@ def main() -> None:
 @click.option("--destination", help="s3://bucket/prefix or file:///path.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]))
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    help="Node processes sharing the port (SO_REUSEPORT); 0: one per core [workers setting: 0].",
+)
 def serve(config_file: Path | None, **flags: Any) -> None:
-    """Run the node: the DICOM SCP (C-ECHO, C-STORE) and the delivery pipeline."""
+    """Run the node: the DICOM SCP (C-ECHO, C-STORE) and the delivery pipeline.
+
+    With more than one worker (the default on a multi-core machine) each worker is a node of
+    its own on the same port, sharing the data directory, spool and state store.
+    """
+    import os
+
     from dicomgate.node import run_node
+    from dicomgate.supervisor import run_workers
 
     settings = settings_or_exit(config_file, warn_environment=False, **flags)
-    sys.exit(run_node(settings, warnings=unknown_environment()))
+    workers = settings.workers or os.cpu_count() or 1
+    if workers == 1:
+        sys.exit(run_node(settings, warnings=unknown_environment()))
+    sys.exit(run_workers(settings, workers, warnings=unknown_environment()))
 
 
 @main.command()
