@@ -28,6 +28,7 @@ from types import FrameType
 import pynetdicom.dimse_messages
 
 from dicomgate import __version__
+from dicomgate._host import HostActivity
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
@@ -131,9 +132,11 @@ class Node:
         lease_seconds: float | None = None,
         heartbeat_ttl: float | None = None,
         pipeline_workers: int | None = None,
+        host: HostActivity | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline_workers = pipeline_workers
+        self.host = host  # serve --workers: the host's other nodes' associations count too
         # the settings' unless a test overrides them
         self.lease_seconds = settings.lease_seconds if lease_seconds is None else lease_seconds
         self.heartbeat_ttl = settings.heartbeat_ttl if heartbeat_ttl is None else heartbeat_ttl
@@ -189,6 +192,8 @@ class Node:
         return self.scp.studies_in_flight() if self.scp is not None else set()
 
     def _ingest_busy(self) -> bool:
+        if self.host is not None:
+            return self.host.busy()
         return self.scp is not None and self.scp.busy()
 
     def _lock_data_dir(self) -> None:
@@ -358,6 +363,8 @@ class Node:
                 lease_seconds=self.lease_seconds,
                 staging=self._staging(),
                 workers=self.pipeline_workers,
+                # one de-identification process per host keeps going while receiving
+                deid_while_busy=1 if self.host is None or self.host.index == 0 else 0,
             )
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
@@ -368,7 +375,12 @@ class Node:
             on_stored=self.on_stored,
             node_id=self.settings.node_id,
         )
-        self.scp = StoreSCP(self.settings, ingest, self.metrics)
+        self.scp = StoreSCP(
+            self.settings,
+            ingest,
+            self.metrics,
+            on_open_count=self.host.set_open if self.host is not None else None,
+        )
         s = self.settings
         try:
             address = self.scp.start()
@@ -490,6 +502,7 @@ def run_node(
     worker: bool = False,
     pipeline_workers: int | None = None,
     on_started: Callable[[], None] | None = None,
+    host: HostActivity | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status.
 
@@ -506,7 +519,7 @@ def run_node(
     for warning in warnings:
         log.warning(warning)
     try:
-        node = Node(settings, pipeline_workers=pipeline_workers)
+        node = Node(settings, pipeline_workers=pipeline_workers, host=host)
         node.start()
     except (StartupError, ValueError) as exc:  # port taken, data dir unusable or locked, key
         log.error("cannot start", error=str(exc))

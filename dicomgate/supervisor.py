@@ -32,12 +32,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 
+from dicomgate._host import HostActivity
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate._process import die_with_parent
 from dicomgate.config import Settings
@@ -67,11 +67,22 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
 
 def _worker_main(
-    settings: Settings, pipeline_workers: int, started: EventType, warnings: list[str]
+    settings: Settings,
+    pipeline_workers: int,
+    started: MutableSequence[int],
+    warnings: list[str],
+    host: HostActivity,
 ) -> None:
-    """A worker process: one node (``run_node(worker=True)``), dies with the supervisor."""
+    """A worker process: one node (``run_node(worker=True)``), dies with the supervisor.
+    ``started[host.index]`` becomes 1 once it serves (shared memory: no semaphore to leak)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
+    # stopped before it serves (the supervisor is shutting down): exit quietly, nothing held
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     die_with_parent()
+
+    def serving() -> None:
+        started[host.index] = 1
+
     from dicomgate.node import run_node
 
     sys.exit(
@@ -80,7 +91,8 @@ def _worker_main(
             warnings=warnings,
             worker=True,
             pipeline_workers=pipeline_workers,
-            on_started=started.set,
+            on_started=serving,
+            host=host,
         )
     )
 
@@ -90,7 +102,6 @@ class _Worker:
     index: int
     settings: Settings
     process: BaseProcess | None = None
-    started: EventType | None = None
     started_at: float = 0.0
     ever_started: bool = False
     delay: float = _BACKOFF_FIRST
@@ -135,14 +146,17 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
     ctx = multiprocessing.get_context("spawn")
     pool = [_Worker(i, worker_settings(shared, i)) for i in range(workers)]
     warned = list(warnings)
+    # every worker's open associations, so receiving comes first host-wide (dicomgate._host)
+    counts = ctx.RawArray("i", workers)
+    started = ctx.RawArray("i", workers)  # set by each worker once it serves
 
     def spawn(w: _Worker) -> None:
-        w.started = ctx.Event()
         w.process = ctx.Process(
             target=_worker_main,
-            args=(w.settings, per_node, w.started, warned),
+            args=(w.settings, per_node, started, warned, HostActivity(counts, w.index)),
             name=f"dicomgate-{w.settings.node_id}",
         )
+        counts[w.index] = 0  # a dead worker's associations are gone with it
         w.process.start()
         w.started_at = time.monotonic()
         w.restart_at = None
@@ -190,7 +204,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
             multiprocessing.connection.wait(sentinels, timeout=0.5)
             now = time.monotonic()
             for w in pool:
-                if w.started is not None and w.started.is_set():
+                if started[w.index]:
                     w.ever_started = True
                 proc = w.process
                 if proc is not None and not proc.is_alive():
@@ -198,7 +212,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
                     proc.join()
                     w.process = None
                     if stopping.is_set():
-                        if code not in (0, None):
+                        if code not in (0, None) and status == 0:
                             status = 1
                         continue
                     if not w.ever_started:  # 4. a start-up error: it logged which setting

@@ -131,3 +131,38 @@ def test_a_busy_port_is_reported_once(tmp_path: Path) -> None:
         busy.close()
     assert result.returncode == 2
     assert "DICOMGATE_PORT" in result.stderr and '"starting workers"' not in result.stderr
+
+
+def test_workers_tell_each_other_when_they_receive(tmp_path: Path) -> None:
+    """A worker's open associations are published in its slot of the host's shared array, so
+    every worker's pipeline knows the host is receiving (receiving comes first host-wide)."""
+    from multiprocessing import RawArray
+
+    from pynetdicom import AE
+
+    from dicomgate._host import HostActivity
+    from dicomgate.config import load_settings
+    from dicomgate.node import Node
+
+    counts = RawArray("i", 2)
+    mine, other = HostActivity(counts, 1), HostActivity(counts, 0)
+    settings = load_settings(
+        data_dir=tmp_path / "d", host="127.0.0.1", port=0, ops_port=0, secret_key=TEST_KEY,
+        reuse_port=True, node_id="w1", min_free_space=0,
+    )  # fmt: skip
+    node = Node(settings, pipeline=False, host=mine)
+    _, port = node.start()
+    try:
+        assert not other.busy() and not node._ingest_busy()
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="DICOMGATE")
+        assert assoc.is_established
+        assert wait_for(lambda: counts[1] == 1, 5)
+        assert other.busy()  # worker 0 sees worker 1 receiving
+        assoc.release()
+        assert wait_for(lambda: counts[1] == 0, 5) and not other.busy()
+        counts[0] = 1  # worker 0 receives: this node's pipeline would yield too
+        assert node._ingest_busy()
+    finally:
+        node.stop(timeout=5)

@@ -84,6 +84,7 @@ class Pipeline:
         ingest_busy: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
         workers: int | None = None,
+        deid_while_busy: int = 1,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         staging: Path | None = None,
     ) -> None:
@@ -104,6 +105,9 @@ class Pipeline:
             required=settings.require_attributes,
         )
         self._workers = workers or max(1, os.cpu_count() or 1)
+        # de-identification processes that keep going while associations are open (0 for all
+        # but one node of a host's serve --workers: the host's cores go to receiving)
+        self._deid_while_busy = deid_while_busy
         self.staging = staging or settings.data_dir / "staging"
         self._pool: ProcessPoolExecutor | None = None
         self._process_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(self._workers * 2)
@@ -365,7 +369,7 @@ class Pipeline:
         return int((now - self._busy_since) // _UPLOAD_TURN) % 2 == 0
 
     async def _process_once(self, index: int) -> None:
-        await self._yield_to_ingest(index, 1)
+        await self._yield_to_ingest(index, self._deid_while_busy)
         rec = await self._process_q.get()
         handed_on = False
         try:

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -109,10 +110,18 @@ class _SharedPortServer(_Server):
 class StoreSCP:
     """Owns the AE, the listening server and the registry of open associations."""
 
-    def __init__(self, settings: Settings, ingest: Ingest, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: Ingest,
+        metrics: Metrics | None = None,
+        on_open_count: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.metrics = metrics
+        #: told the number of open associations whenever it changes (serve --workers' host share)
+        self._on_open_count = on_open_count
         self._associations: dict[int, AssociationInfo] = {}
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -277,6 +286,8 @@ class StoreSCP:
         setattr(assoc, _INFO_ATTR, info)  # the handlers' lock-free lookup
         with self._lock:
             self._associations[id(assoc)] = info
+            if self._on_open_count is not None:
+                self._on_open_count(len(self._associations))
         return info
 
     def info(self, assoc: Any) -> AssociationInfo:
@@ -317,6 +328,8 @@ class StoreSCP:
             info = self._associations.pop(id(assoc), None)
             if info is not None:
                 info.closed = True
+            if self._on_open_count is not None:
+                self._on_open_count(len(self._associations))
         if info is not None and info.studies:
             self.ingest.release(info.assoc_id)
         return info
