@@ -44,6 +44,7 @@ _BY_PREFIX: tuple[tuple[str, Rule], ...] = (
     ("raw copy", Rule.SPOOL),
     ("worker process died", Rule.WORKER_CRASH),
     ("destination", Rule.DESTINATION),
+    ("invalid", Rule.INVALID),  # "invalid dataset: ..." (the offline door check), "invalid X"
 )
 
 _BY_STAGE: dict[str, Rule] = {

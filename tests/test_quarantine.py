@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydicom.uid import generate_uid
 
+from dicomgate.deid._worker import door_check
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 from dicomgate.quarantine import Rule, rule_of
 from dicomgate.testing import make_ct_instance
@@ -28,6 +31,7 @@ from dicomgate.testing import make_ct_instance
         ("process", "processing failed: KeyError", Rule.OTHER),
         ("validate", "SOP class CT Image Storage is not accepted", Rule.INVALID),
         ("validate", "modality CT is not accepted", Rule.INVALID),
+        ("deidentify", "invalid dataset: StudyInstanceUID is missing", Rule.INVALID),
         ("validate", "required attribute StudyDescription is missing or empty", Rule.INVALID),
         (
             "deidentify",
@@ -61,3 +65,23 @@ def test_accept_rule_reasons_name_no_uid() -> None:
     [reason] = ct_only.violations(meta, ds)
     assert reason == "SOP class MR Image Storage is not accepted"
     assert rule_of("validate", reason) is Rule.INVALID
+
+
+def test_offline_door_check_reasons_are_invalid(tmp_path: Path) -> None:
+    """``dicomgate deidentify`` holds back what the node's door check would refuse, under the
+    invalid rule (a missing UID, Pixel Data cut short), naming no value."""
+    ds = make_ct_instance(generate_uid(), generate_uid(), 1, rows=8, columns=8)
+    study_uid = str(ds.StudyInstanceUID)
+    del ds.StudyInstanceUID
+    lacking = tmp_path / "lacking.dcm"
+    ds.save_as(lacking, enforce_file_format=True)
+    ds.StudyInstanceUID = study_uid
+    cut = tmp_path / "cut.dcm"
+    ds.save_as(cut, enforce_file_format=True)
+    cut.write_bytes(cut.read_bytes()[:-20])
+    for path in (lacking, cut):
+        result = door_check(path)
+        assert result is not None and result.quarantine_reason is not None
+        assert result.quarantine_reason.startswith("invalid dataset: ")
+        assert rule_of("deidentify", result.quarantine_reason) is Rule.INVALID
+        assert study_uid not in result.quarantine_reason

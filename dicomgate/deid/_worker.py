@@ -231,7 +231,8 @@ def door_check(src: Path) -> FileResult | None:
         return None
     if checked.reason.startswith("dataset cannot be parsed"):
         return FileResult(source=str(src), error=checked.reason)
-    return FileResult(source=str(src), quarantine_reason=checked.reason)
+    # named by its rule (dicomgate.quarantine.Rule.INVALID), as the pipeline's reasons are
+    return FileResult(source=str(src), quarantine_reason=f"invalid dataset: {checked.reason}")
 
 
 def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) -> FileResult:
