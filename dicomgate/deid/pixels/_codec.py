@@ -8,7 +8,10 @@ RGB (PS3.3 C.7.6.3.1.2) — never YBR over RGB samples.
 
 Writing back (PS3.5 8 and A.4): the original transfer syntax when it is lossless and an encoder
 exists (native little endian, RLE Lossless, JPEG 2000 Lossless), otherwise Explicit VR Little
-Endian.  Big endian (retired) becomes little endian.  When the source was lossy, Lossy Image
+Endian.  Big endian (retired) becomes little endian, and then every other value whose byte
+order is the transfer syntax's (OW, OL, OF, OD, OV: palette colour LUT data, segmented LUTs,
+LUT Data, overlays, at any depth) has its words swapped too — pydicom's writer converts numbers
+(US, FL, ...) but writes these bytes as they are.  When the source was lossy, Lossy Image
 Compression becomes ``01`` with its method (PS3.3 C.7.6.1.1.5): the pixels were lossy once and
 stay so whatever the output's transfer syntax.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -27,6 +30,7 @@ from pydicom.encaps import generate_fragments
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import compress, pack_bits
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -245,6 +249,49 @@ def _target(source: UID) -> UID:
     return ExplicitVRLittleEndian
 
 
+#: VRs whose values are words in the transfer syntax's byte order, by word size (PS3.5 7.3);
+#: OB and UN are byte streams (UN values are not swapped, PS3.5 6.2.2).
+_WORD_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _swapped(value: bytes, size: int) -> bytes:
+    whole = len(value) - len(value) % size  # a malformed odd tail stays as it is
+    words = np.frombuffer(value, dtype=f"u{size}", count=whole // size)
+    return words.byteswap().tobytes() + value[whole:]
+
+
+def _swap_words(ds: Dataset, *, own: bool) -> Dataset | None:
+    """``ds`` with every word value (:data:`_WORD_SIZE`) byte-swapped, at any depth.
+
+    Swapped elements are new elements, and a sequence holding one gets new items: elements
+    and items may be shared with the source dataset, which must not change.  ``own``: ``ds``
+    itself may be modified (returned); otherwise a changed ``ds`` is a shallow copy, and None
+    means nothing in it needed swapping.
+    """
+    changes: list[DataElement] = []
+    for tag, elem in list(ds._dict.items()):
+        vr, value = elem.VR, elem.value
+        if vr == "SQ":
+            decoded = elem if isinstance(elem, DataElement) else ds[tag]  # raw: decoded
+            items = cast(list[Dataset], decoded.value)
+            new_items = [_swap_words(item, own=False) for item in items]
+            if any(i is not None for i in new_items):
+                seq = [i if n is None else n for n, i in zip(new_items, items, strict=True)]
+                changes.append(DataElement(tag, "SQ", Sequence(seq)))
+        elif vr in _WORD_SIZE and isinstance(value, bytes) and value:
+            changes.append(DataElement(tag, vr, _swapped(value, _WORD_SIZE[vr])))
+    if not changes:
+        return ds if own else None
+    out = ds
+    if not own:
+        out = Dataset(dict(ds._dict))  # a copy: Dataset(ds) would share ds's dict
+        implicit, little = ds.original_encoding
+        out.set_original_encoding(implicit, little, ds.original_character_set)
+    for new in changes:
+        out[new.tag] = new
+    return out
+
+
 def put(ds: Dataset, keyword: str, value: object) -> None:
     """``ds.<keyword> = value`` with a new element: the de-identified dataset shares the
     elements it kept with its source (never copied), and assigning to an existing element would
@@ -263,6 +310,8 @@ def encode_into(out: Dataset, decoded: Decoded) -> UID:
     for tag in (*_EXTENDED_OFFSETS, _PIXEL_DATA):  # new elements, not the source's (put)
         if tag in out:
             del out[tag]
+    if not decoded.source_syntax.is_little_endian:  # every target syntax is little endian
+        _swap_words(out, own=True)
     put(out, "PhotometricInterpretation", decoded.photometric)
     if decoded.samples > 1:
         put(out, "PlanarConfiguration", 0)
