@@ -319,6 +319,14 @@ class Settings(BaseSettings):
     ops_host: str = Field("127.0.0.1", description="Address of the health/metrics HTTP endpoint.")
     ops_port: int = Field(8080, ge=0, le=65535, description="Its TCP port (0: any free port).")
     ops_enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics, /studies.")
+    metrics_emf: bool = Field(
+        False,
+        description="Also write the metrics to stdout as CloudWatch Embedded Metric Format "
+        "lines (namespace dicomgate; see dicomgate.ops.emf).",
+    )
+    metrics_emf_interval: float = Field(
+        60.0, gt=0, le=3600, description="Seconds between EMF flushes (one more at stop)."
+    )
 
     @field_validator("ae_title")
     @classmethod

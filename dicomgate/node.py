@@ -36,6 +36,7 @@ from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.delivery.destination import public_url
 from dicomgate.ingest import Ingest
 from dicomgate.ops import Metrics, OpsServer
+from dicomgate.ops.emf import EmfEmitter
 from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
@@ -164,6 +165,7 @@ class Node:
         self._lock_fd: int | None = None
         self._node_lock_fd: int | None = None
         self.ops: OpsServer | None = None
+        self.emf: EmfEmitter | None = None  # metrics_emf: CloudWatch EMF lines on stdout
 
     def _load_key(self) -> SecretKey:
         s = self.settings
@@ -390,6 +392,11 @@ class Node:
             ) from None
         if self.ops is not None:
             self._start_ops()
+        if s.metrics_emf:
+            self.emf = EmfEmitter(
+                self.metrics, self.state, node_id=s.node_id, interval=s.metrics_emf_interval
+            )
+            self.emf.start()
         self._heart = threading.Thread(
             target=self._heartbeat_loop, args=(self.state,), name="heartbeat", daemon=True
         )
@@ -476,6 +483,10 @@ class Node:
             finally:
                 self.loop_thread.stop()
             self.pipeline = None
+        # 2b. the last EMF flush, once the drain has counted what it finished
+        if self.emf is not None:
+            self.emf.stop()
+            self.emf = None
         # 3. leave the store (nothing of this node's is held any more), close it, and let the
         # next node have the data directory
         self._stop_beating.set()
