@@ -1,0 +1,1 @@
+"""dicomgate on AWS: the CDK app (network, storage, service, monitoring) and its configuration."""

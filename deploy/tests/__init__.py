@@ -1,0 +1,1 @@
+"""Tests of the CDK app (run by deploy/test in deploy/.venv)."""
