@@ -470,6 +470,7 @@ class Service(Construct):
                     "dynamodb:PutItem",
                     "dynamodb:UpdateItem",
                     "dynamodb:DeleteItem",
+                    "dynamodb:BatchWriteItem",
                     "dynamodb:ConditionCheckItem",
                 ],
                 resources=[table.table_arn, f"{table.table_arn}/index/*"],

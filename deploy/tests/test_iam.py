@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from dicomgate_deploy.config import REPO_ROOT
 from tests.conftest import Synth
 
 #: statements allowed ``Resource: *`` (action, where), each because AWS offers no narrower one
@@ -86,6 +88,7 @@ def test_task_role_statements(default: Synth) -> None:
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
         "dynamodb:ConditionCheckItem",
     }
     assert "dynamodb:CreateTable" not in state["Action"]  # DICOMGATE_STATE_CREATE=false
@@ -176,3 +179,41 @@ def test_execution_role_pulls_and_logs_only(default: Synth) -> None:
             "logs:PutLogEvents",
         ]
     )
+
+
+# the node's DynamoDB calls (boto3 client methods) -> the IAM actions that authorize them
+_DYNAMODB_ACTIONS = {
+    "get_item": {"dynamodb:GetItem"},
+    "batch_get_item": {"dynamodb:BatchGetItem"},
+    "query": {"dynamodb:Query"},
+    "scan": {"dynamodb:Scan"},
+    "put_item": {"dynamodb:PutItem"},
+    "update_item": {"dynamodb:UpdateItem"},
+    "delete_item": {"dynamodb:DeleteItem"},
+    "batch_write_item": {"dynamodb:BatchWriteItem"},
+    # a transaction is authorized item by item
+    "transact_write_items": {
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
+    },
+    "transact_get_items": {"dynamodb:GetItem"},
+    "describe_table": {"dynamodb:DescribeTable"},
+}
+#: calls made only when the node creates the table (DICOMGATE_STATE_CREATE=false: never)
+_CREATE_ONLY = {"create_table", "describe_time_to_live", "update_time_to_live", "get_waiter"}
+
+
+def test_task_role_covers_every_dynamodb_call_of_the_node(default: Synth) -> None:
+    """Read dicomgate/state/dynamodb.py for the client calls it makes: each must be granted
+    (a new call in the node without a grant here would fail in production only)."""
+    source = (REPO_ROOT / "dicomgate" / "state" / "dynamodb.py").read_text(encoding="utf-8")
+    calls = set(re.findall(r"self\._client\.([a-z_]+)\(", source)) - {"close"} - _CREATE_ONLY
+    unknown = calls - set(_DYNAMODB_ACTIONS)
+    assert not unknown, f"map these calls to IAM actions: {sorted(unknown)}"
+    (doc,) = default.resources("AWS::IAM::ManagedPolicy").values()
+    statements = {x["Sid"]: x for x in doc["Properties"]["PolicyDocument"]["Statement"]}
+    granted = set(statements["StateTable"]["Action"])
+    for call in sorted(calls):
+        assert _DYNAMODB_ACTIONS[call] <= granted, call
