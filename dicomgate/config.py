@@ -295,6 +295,35 @@ class Settings(BaseSettings):
     stable_after: float = Field(
         60.0, ge=0, description="Seconds of quiet before a study is complete."
     )
+    expected_deadline: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds after a storage commitment or a COMPLETED MPPS named a study's "
+        "instances that the study is published without those that never came (listed as "
+        "missing in the manifest). stable_after still applies: whichever comes first.",
+    )
+    # -- what senders say: storage commitment, MPPS (issue 10) ---------------------------------
+    commitment_after: Literal["received", "delivered"] = Field(
+        "received",
+        description="When an instance counts as committed: 'received' (durably in the spool "
+        "and recorded, the promise of the C-STORE response) or 'delivered' (uploaded).",
+    )
+    commitment_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a storage commitment waits for instances not (yet) received "
+        "before reporting them failed (0x0112 no such object instance).",
+    )
+    commitment_peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where to send a storage commitment report when the requesting "
+        "association has closed: calling AE title -> 'host:port' (JSON object).",
+    )
+    commitment_retry_for: float = Field(
+        3600.0,
+        ge=0,
+        description="How long a report that could not be delivered is retried (backoff).",
+    )
     link_expiry: int = Field(
         7 * 24 * 3600,
         ge=1,
@@ -337,6 +366,17 @@ class Settings(BaseSettings):
     @classmethod
     def _calling(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "allowed_calling_ae_titles") for v in value]
+
+    @field_validator("commitment_peers")
+    @classmethod
+    def _peers(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for ae, address in value.items():
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"commitment_peers[{ae!r}] is {address!r}: expected 'host:port'")
+            out[_check_ae_title(ae.strip(), "commitment_peers")] = address
+        return out
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

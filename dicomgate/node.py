@@ -31,10 +31,12 @@ from dicomgate import __version__
 from dicomgate._host import HostActivity
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate._tracebacks import safe_traceback
+from dicomgate.commitment import CommitmentReporter, CommitmentService
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.delivery.destination import public_url
 from dicomgate.ingest import Ingest
+from dicomgate.mpps import MppsService
 from dicomgate.ops import Metrics, OpsServer
 from dicomgate.ops.emf import EmfEmitter
 from dicomgate.pipeline import LoopThread, Pipeline
@@ -158,6 +160,7 @@ class Node:
         self.with_pipeline = pipeline
         self.state: StateStore | None = None
         self.scp: StoreSCP | None = None
+        self.commitments: CommitmentReporter | None = None
         self.pipeline: Pipeline | None = None
         self.loop_thread: LoopThread | None = None
         self.reconcile_report: ReconcileReport | None = None
@@ -377,11 +380,21 @@ class Node:
             on_stored=self.on_stored,
             node_id=self.settings.node_id,
         )
+        # what senders say: storage commitment (answered by a thread of its own) and MPPS
+        self.commitments = CommitmentReporter(
+            self.settings,
+            self.state,
+            open_association=self._report_association,
+            metrics=self.metrics,
+            lease_seconds=self.lease_seconds,
+        )
         self.scp = StoreSCP(
             self.settings,
             ingest,
             self.metrics,
             on_open_count=self.host.set_open if self.host is not None else None,
+            commitments=CommitmentService(self.state, self.settings.node_id, self.commitments.wake),
+            mpps=MppsService(self.state, self.metrics),
         )
         s = self.settings
         try:
@@ -397,12 +410,17 @@ class Node:
                 self.metrics, self.state, node_id=s.node_id, interval=s.metrics_emf_interval
             )
             self.emf.start()
+        self.commitments.start()
         self._heart = threading.Thread(
             target=self._heartbeat_loop, args=(self.state,), name="heartbeat", daemon=True
         )
         self._heart.start()
         self._announce(address)
         return address
+
+    def _report_association(self, assoc_id: str, calling_ae: str) -> object:
+        scp = self.scp
+        return scp.report_association(assoc_id, calling_ae) if scp is not None else None
 
     def _announce(self, address: tuple[str, int]) -> None:
         """The one line that says what this node is, for whoever reads the log first."""
@@ -474,6 +492,10 @@ class Node:
         # 1. stop accepting associations; let open ones finish (bounded), abort the rest
         if self.scp is not None:
             self.scp.stop(timeout)
+        # 1b. pending storage commitments stay in the store: answered at the next start
+        if self.commitments is not None:
+            self.commitments.stop()
+            self.commitments = None
         # 2. drain the pipeline (bounded); unfinished work resumes at the next start
         if self.pipeline is not None and self.loop_thread is not None:
             try:

@@ -61,6 +61,26 @@ class Metrics:
             ["notifier", "retryable"],
             registry=r,
         )
+        self.commitments = Counter(
+            "dicomgate_commitments",
+            "Storage commitment requests answered, by result: committed (all), failed (some "
+            "reported failed), unreported (the report could not be delivered).",
+            ["result"],
+            registry=r,
+        )
+        self.mpps = Counter(
+            "dicomgate_mpps",
+            "MPPS N-CREATE / N-SET handled, by event: created, in_progress, completed, "
+            "discontinued, refused.",
+            ["event"],
+            registry=r,
+        )
+        self.completions = Counter(
+            "dicomgate_completions",
+            "Manifests published, by how completeness was decided: commitment, mpps, idle.",
+            ["how"],
+            registry=r,
+        )
         self.notifications_owed = Gauge(
             "dicomgate_notifications_owed",
             "Studies whose latest manifest has not been announced to every notifier yet.",

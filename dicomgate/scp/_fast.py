@@ -441,12 +441,29 @@ class FastDUL(DULServiceProvider):
             sleep = False
 
 
+class _WakingCheckpoint(threading.Event):
+    """pynetdicom's ``_reactor_checkpoint``: a ``send_*()`` from another thread (a storage
+    commitment report on the requester's association) clears it and then spins until the
+    reactor says it paused — so clearing it wakes the reactor, which would otherwise sit in
+    its wait for up to :data:`MAX_WAIT`."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake_reactor = wake
+        self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self._wake_reactor.set()
+
+
 class FastAssociation(Association):
     """An acceptor ``Association`` whose reactor waits on an event instead of sleeping 1 ms."""
 
     def __init__(self, ae: Any, mode: str) -> None:
         self._wake = threading.Event()
         super().__init__(ae, mode)
+        self._reactor_checkpoint = _WakingCheckpoint(self._wake)
         # Replace the (never started) stock DUL and DIMSE providers with ours, then re-apply the
         # timeouts: pynetdicom's setters copy them into the providers (acse_timeout into the
         # DUL's ARTIM timer, network_timeout into its idle timer, dimse_timeout into DIMSE).

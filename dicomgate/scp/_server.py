@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pynetdicom
 import structlog
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -40,8 +41,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomgate._logging import get_logger
+from dicomgate.commitment import STORAGE_COMMITMENT, CommitmentService
 from dicomgate.config import Settings
 from dicomgate.ingest import Ingest, StoreRequest
+from dicomgate.mpps import MPPS, MppsService
 from dicomgate.ops.metrics import Metrics
 from dicomgate.scp import _fast
 from dicomgate.scp._policy import AccessPolicy, TunedRequestHandler
@@ -75,6 +78,10 @@ TRANSFER_SYNTAXES = [
 ]
 
 
+#: for the normalized services (N-ACTION, N-CREATE, N-SET)
+_N_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
 @dataclass
 class AssociationInfo:
     """What the node knows of one open association (for logs and the study tracker)."""
@@ -88,6 +95,8 @@ class AssociationInfo:
     refused: int = 0
     #: set when the association ended (the registry forgot it): no new study holds after that
     closed: bool = False
+    #: the pynetdicom association (a storage commitment report may go back on it)
+    assoc: Any = None
 
 
 class _Server(ThreadedAssociationServer):
@@ -116,10 +125,15 @@ class StoreSCP:
         ingest: Ingest,
         metrics: Metrics | None = None,
         on_open_count: Callable[[int], None] | None = None,
+        commitments: CommitmentService | None = None,
+        mpps: MppsService | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
         self.metrics = metrics
+        #: Storage Commitment (N-ACTION) and MPPS (N-CREATE, N-SET), when the node serves them
+        self.commitments = commitments
+        self.mpps = mpps
         #: told the number of open associations whenever it changes (serve --workers' host share)
         self._on_open_count = on_open_count
         self._associations: dict[int, AssociationInfo] = {}
@@ -153,6 +167,11 @@ class StoreSCP:
         ae.require_called_aet = False
         ae.require_calling_aet = []
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        # what senders say: normalized SOP classes, uncompressed syntaxes (PS3.4 J, F.7)
+        if self.commitments is not None:
+            ae.add_supported_context(STORAGE_COMMITMENT, _N_SYNTAXES)
+        if self.mpps is not None:
+            ae.add_supported_context(MPPS, _N_SYNTAXES)
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
                 ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
@@ -175,6 +194,9 @@ class StoreSCP:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, _handle_store, [self]),
+            (evt.EVT_N_ACTION, _handle_n_action, [self]),
+            (evt.EVT_N_CREATE, _handle_n_create, [self]),
+            (evt.EVT_N_SET, _handle_n_set, [self]),
             (evt.EVT_ESTABLISHED, _handle_established, [self]),
             (evt.EVT_REJECTED, _handle_rejected, [self]),
             (evt.EVT_RELEASED, _handle_closed, [self, "released"]),
@@ -283,6 +305,7 @@ class StoreSCP:
     def register(self, assoc: Any) -> AssociationInfo:
         """Start tracking an association that was just established."""
         info = self._new_info(assoc)
+        info.assoc = assoc
         setattr(assoc, _INFO_ATTR, info)  # the handlers' lock-free lookup
         with self._lock:
             self._associations[id(assoc)] = info
@@ -333,6 +356,23 @@ class StoreSCP:
         if info is not None and info.studies:
             self.ingest.release(info.assoc_id)
         return info
+
+    def report_association(self, assoc_id: str, calling_ae: str) -> Any:
+        """An open association to send a storage commitment report on: the one with id
+        ``assoc_id`` if it is still established, else any established one from ``calling_ae``
+        that accepted the Storage Commitment context; None if there is none."""
+        with self._lock:
+            infos = list(self._associations.values())
+        ordered = sorted(infos, key=lambda i: i.assoc_id != assoc_id)
+        for info in ordered:
+            if info.assoc_id != assoc_id and info.calling_ae != calling_ae:
+                continue
+            assoc = info.assoc
+            if assoc is None or not assoc.is_established or info.closed:
+                continue
+            if any(cx.abstract_syntax == STORAGE_COMMITMENT for cx in assoc.accepted_contexts):
+                return assoc
+        return None
 
     def busy(self) -> bool:
         """Whether any association is open (cheap; polled by the pipeline)."""
@@ -407,6 +447,66 @@ def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
             refused=info.refused,
             seconds=round(time.monotonic() - info.started, 3),
         )
+
+
+def _decoded(decode: Callable[[], Any]) -> Any:
+    """A request's dataset, or None when it cannot be decoded (answered as a failure)."""
+    try:
+        return decode()
+    except Exception:
+        return _UNDECODABLE
+
+
+_UNDECODABLE = object()
+
+
+def _undecodable() -> Dataset:
+    ds = Dataset()
+    ds.Status = 0x0110
+    ds.ErrorComment = "the dataset could not be decoded"
+    return ds
+
+
+def _handle_n_action(event: Any, scp: StoreSCP) -> tuple[Any, None]:
+    service = scp.commitments
+    if service is None:  # not served: the context is not offered either
+        return 0x0112, None
+    info = scp.info(event.assoc)
+    req = event.request
+    ds = _decoded(lambda: event.action_information)
+    if ds is _UNDECODABLE:
+        return _undecodable(), None
+    status = service.request(
+        action_type=req.ActionTypeID,
+        requested_instance=str(req.RequestedSOPInstanceUID or ""),
+        dataset=ds,
+        calling_ae=info.calling_ae,
+        association_id=info.assoc_id,
+    )
+    return status, None
+
+
+def _handle_n_create(event: Any, scp: StoreSCP) -> tuple[Any, Any]:
+    service = scp.mpps
+    if service is None:
+        return 0x0118, None
+    info = scp.info(event.assoc)
+    ds = _decoded(lambda: event.attribute_list)
+    if ds is _UNDECODABLE:
+        return _undecodable(), None
+    uid = event.request.AffectedSOPInstanceUID
+    return service.create(instance_uid=str(uid) if uid else None, ds=ds, calling_ae=info.calling_ae)
+
+
+def _handle_n_set(event: Any, scp: StoreSCP) -> tuple[Any, None]:
+    service = scp.mpps
+    if service is None:
+        return 0x0118, None
+    ds = _decoded(lambda: event.modification_list)
+    if ds is _UNDECODABLE:
+        return _undecodable(), None
+    uid = event.request.RequestedSOPInstanceUID
+    return service.set(instance_uid=str(uid) if uid else None, ds=ds), None
 
 
 def _handle_store(event: Any, scp: StoreSCP) -> int:

@@ -23,6 +23,12 @@ one arrived                             then ends ``superseded`` in the same ope
 two nodes finding a study complete      :meth:`StateStore.begin_publication` (completeness
                                         decided and manifest version allocated at once)
 two nodes announcing one version        :meth:`StateStore.claim_announcement`
+two nodes answering one commitment      :meth:`StateStore.claim_commitment` (a
+                                        :class:`CommitmentLease`, checked by
+                                        :meth:`StateStore.finish_commitment`)
+two N-CREATEs / N-SETs of one MPPS      :meth:`StateStore.create_mpps` (exists → False),
+                                        :meth:`StateStore.update_mpps` (only while
+                                        ``IN PROGRESS``)
 ======================================  ===================================================
 
 Leases are *fencing tokens*: a claim writes a fresh random token; a transition succeeds only
@@ -54,8 +60,8 @@ This module imports nothing else from dicomgate: it is the contract, and nothing
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, Self
 
@@ -68,18 +74,29 @@ __all__ = [
     "Admission",
     "AdmitOutcome",
     "Claim",
+    "Commitment",
+    "CommitmentLease",
+    "CommitmentRef",
+    "CommitmentState",
+    "Expectation",
     "InstanceKey",
     "InstanceRecord",
     "InstanceState",
     "Lease",
     "LeaseLost",
+    "MppsRecord",
+    "MppsUpdate",
     "NodeRecord",
     "Publication",
     "StateError",
     "StateStore",
     "StudyProgress",
     "StudyRecord",
+    "completion_rule",
+    "describe_expectations",
+    "missing_instances",
     "study_state",
+    "with_expectations",
 ]
 
 #: how long a claim lasts unless renewed; the pipeline renews every third of it
@@ -235,6 +252,15 @@ class StudyProgress:
     deid_study_uid: str | None
     pending: int  # received or processed: still on their way
     unreported: int  # uploaded or quarantined, not yet in a manifest
+    #: what the sender said (storage commitment, MPPS COMPLETED): SOP Instance UIDs expected
+    #: in this study, how many of them have no row in it, and how many unreported rows no
+    #: expectation names (a late instance nobody announced: the idle rule decides then)
+    expected: int = 0
+    expected_missing: int = 0
+    unexpected: int = 0
+    #: when the newest expectation was recorded, and by what (``commitment`` | ``mpps``)
+    expected_at: float | None = None
+    expected_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +288,89 @@ class Publication:
     token: str
     expires_at: float
     study: StudyProgress
+    #: how completeness was decided: ``idle`` (stable_after), ``commitment`` or ``mpps`` (every
+    #: expected instance arrived, or expected_deadline passed); announcements say ``idle``
+    completion: str = "idle"
+    #: expected SOP Instance UIDs (original) with no row in the study when it began
+    missing: tuple[str, ...] = ()
+
+
+class CommitmentRef(NamedTuple):
+    """One item of a storage commitment request's Referenced SOP Sequence."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class CommitmentState(StrEnum):
+    PENDING = "pending"  # recorded, result or report still owed
+    REPORTED = "reported"  # the N-EVENT-REPORT was taken by the requester
+    UNREPORTED = "unreported"  # gave up delivering the report (no peer, refused, retry_for spent)
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """A storage commitment request (PS3.4 J.3.2), as the store keeps it until reported.
+
+    ``node_id`` / ``association_id``: where the N-ACTION came in (the report goes back on that
+    association while it is open). ``outcome``: the last result or delivery error, for status.
+    """
+
+    transaction_uid: str
+    calling_ae: str
+    refs: tuple[CommitmentRef, ...]
+    requested_at: float = 0.0
+    node_id: str = ""
+    association_id: str = ""
+    state: CommitmentState = CommitmentState.PENDING
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    outcome: str | None = None
+    failed: int | None = None  # instances reported failed (set when reported)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitmentLease:
+    """The right to evaluate and report one commitment (a fencing token, like :class:`Lease`)."""
+
+    transaction_uid: str
+    owner: str
+    token: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a sender said a study contains: ``source`` ``commitment`` (``source_id`` the
+    Transaction UID) or ``mpps`` (the MPPS SOP Instance UID)."""
+
+    study_instance_uid: str
+    source: str
+    source_id: str
+    recorded_at: float
+    sop_instance_uids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MppsRecord:
+    """A Modality Performed Procedure Step (PS3.4 F.7) as the store keeps it (no PHI beyond
+    UIDs: the dataset itself is not stored)."""
+
+    sop_instance_uid: str
+    status: str  # IN PROGRESS | COMPLETED | DISCONTINUED
+    calling_ae: str
+    study_instance_uids: tuple[str, ...]
+    created_at: float
+    updated_at: float
+    #: DISCONTINUED: the Discontinuation Reason Code (value, scheme, meaning), if given
+    reason: tuple[str, str, str] | None = None
+    instances: int = 0  # SOP instances the COMPLETED step named
+
+
+class MppsUpdate(StrEnum):
+    UPDATED = "updated"
+    NO_SUCH_INSTANCE = "no-such-instance"
+    FINAL = "final"  # COMPLETED or DISCONTINUED already: may no longer be updated
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,13 +543,17 @@ class StateStore(Protocol):
         *,
         stable_after: float,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        expected_deadline: float | None = None,
     ) -> Publication | None:
         """Decide the study complete and allocate its next manifest version — atomically.
 
         Complete: nothing pending (received/processed), at least one finished row unreported,
-        no instance for ``stable_after`` seconds, no hold by a live node, and no live
-        publication of it by anyone. Then the version is ``manifest_version + 1`` (compare-and-
-        set on ``manifest_version``: a publication whose owner died before
+        no hold by a live node, no live publication of it by anyone, and one of
+        (see :func:`completion_rule`): every expected instance has a row and every unreported
+        row was expected (``completion`` = the expectation's source, at once); the newest
+        expectation is ``expected_deadline`` old (same, ``missing`` listed); no instance for
+        ``stable_after`` seconds (``idle``). Then the version is ``manifest_version + 1``
+        (compare-and-set on ``manifest_version``: a publication whose owner died before
         :meth:`complete_publication` is begun again with the *same* version). None otherwise.
         """
         ...
@@ -489,6 +602,81 @@ class StateStore(Protocol):
 
     def study(self, uid: str) -> StudyRecord | None:
         """A study by its original or its pseudonymized Study Instance UID."""
+        ...
+
+    # -- what senders said: expectations, storage commitment, MPPS ------------------------------
+    def expect_instances(
+        self,
+        study_instance_uid: str,
+        *,
+        source: str,
+        source_id: str,
+        sop_instance_uids: Collection[str],
+        recorded_at: float | None = None,
+    ) -> bool:
+        """Record that ``source`` (``commitment`` | ``mpps``) named these instances as the
+        study's; False (nothing written) if ``source_id`` already has an expectation for the
+        study. Any size: a backend chunks the list (write-once items, the header last)."""
+        ...
+
+    def expectations(self, study_instance_uid: str) -> list[Expectation]:
+        """The study's expectations, oldest first."""
+        ...
+
+    def add_commitment(self, commitment: Commitment) -> bool:
+        """Record a storage commitment request (state ``pending``); False if its Transaction
+        UID is known already (a repeat: nothing written). Any number of references."""
+        ...
+
+    def due_commitments(self, now: float | None = None) -> list[Commitment]:
+        """Pending commitments whose next attempt is due and that nobody holds a live lease
+        on — headers only (``refs`` empty: :meth:`claim_commitment` loads them)."""
+        ...
+
+    def claim_commitment(
+        self, transaction_uid: str, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> tuple[Commitment, CommitmentLease] | None:
+        """Claim a pending commitment whose lease is free or expired (exclusive, like
+        :meth:`claim_instance`): the commitment with its references, and the lease."""
+        ...
+
+    def finish_commitment(
+        self,
+        lease: CommitmentLease,
+        *,
+        state: CommitmentState,
+        outcome: str,
+        failed: int | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Record what came of an attempt and release the lease: ``state`` PENDING with
+        ``retry_at`` (attempts + 1), or final. :class:`LeaseLost` if it was taken over."""
+        ...
+
+    def commitment(self, transaction_uid: str) -> Commitment | None:
+        """A commitment's header (``refs`` empty), or None."""
+        ...
+
+    def create_mpps(self, rec: MppsRecord) -> bool:
+        """Store a new MPPS (N-CREATE); False if that SOP Instance UID exists (0x0111)."""
+        ...
+
+    def update_mpps(
+        self,
+        sop_instance_uid: str,
+        *,
+        status: str | None = None,
+        study_instance_uids: Collection[str] = (),
+        reason: tuple[str, str, str] | None = None,
+        instances: int | None = None,
+    ) -> MppsUpdate:
+        """N-SET, atomically: only while the step is ``IN PROGRESS``."""
+        ...
+
+    def mpps(
+        self, *, sop_instance_uid: str | None = None, study_instance_uid: str | None = None
+    ) -> list[MppsRecord]:
+        """MPPS records: one by UID, those naming a study, or all."""
         ...
 
     # -- nodes, holds, key -----------------------------------------------------------------------
@@ -542,6 +730,103 @@ class StateStore(Protocol):
         UID) its times, versions, instance counts by state, bytes, unreported count,
         quarantined instances and a summary ``state``."""
         ...
+
+
+def completion_rule(
+    study: StudyProgress,
+    *,
+    now: float,
+    stable_after: float,
+    expected_deadline: float | None,
+) -> str | None:
+    """How ``study`` is complete now, or None (shared by the backends and the tracker; the
+    caller checks pending, unreported, holds and publications):
+
+    1. every expected instance has a row and every unreported row was expected: the
+       expectation's source (``commitment`` | ``mpps``), at once;
+    2. the newest expectation is ``expected_deadline`` seconds old: its source (missing
+       instances are listed as such);
+    3. no instance for ``stable_after`` seconds: ``idle`` — the rule for senders that say
+       nothing, and the longest wait after the last instance for everyone.
+    """
+    if study.expected and study.expected_by is not None:
+        if not study.expected_missing and not study.unexpected:
+            return study.expected_by
+        if (
+            expected_deadline is not None
+            and study.expected_at is not None
+            and now - study.expected_at >= expected_deadline
+        ):
+            return study.expected_by
+    if now - study.last_received_at >= stable_after:
+        return "idle"
+    return None
+
+
+def with_expectations(
+    study: StudyProgress,
+    expectations: Iterable[Expectation],
+    rows: Iterable[tuple[str, InstanceState, int | None]],
+) -> StudyProgress:
+    """``study`` with what ``expectations`` say, given its rows as (SOP Instance UID, state,
+    reported_version) — any versions: "has a row" is what counts (for backends computing it
+    outside their query language)."""
+    exps = sorted(expectations, key=lambda e: e.recorded_at)
+    if not exps:
+        return study
+    expected = frozenset().union(*(e.sop_instance_uids for e in exps))
+    present: set[str] = set()
+    unexpected = 0
+    for uid, state, reported in rows:
+        present.add(uid)
+        if (
+            reported is None
+            and state in (InstanceState.UPLOADED, InstanceState.QUARANTINED)
+            and uid not in expected
+        ):
+            unexpected += 1
+    return replace(
+        study,
+        expected=len(expected),
+        expected_missing=len(expected - present),
+        unexpected=unexpected,
+        expected_at=exps[-1].recorded_at,
+        expected_by=exps[-1].source,
+    )
+
+
+def missing_instances(expectations: Iterable[Expectation], present: Collection[str]) -> list[str]:
+    """Expected SOP Instance UIDs without a row (sorted)."""
+    expected: set[str] = set()
+    for e in expectations:
+        expected |= e.sop_instance_uids
+    return sorted(expected.difference(present))
+
+
+def describe_expectations(store: StateStore, report: dict[str, Any]) -> None:
+    """Add to a status report's study what senders said of it: ``expected`` (instances named
+    by commitments and MPPS), ``expected_received`` (of those, with a row), ``missing`` (the
+    others), ``pending_commitments`` (Transaction UIDs not reported yet) and ``mpps``."""
+    exps = store.expectations(report["study"])
+    present = {r.sop_instance_uid for r in store.instances(study_instance_uid=report["study"])}
+    expected: set[str] = set()
+    for e in exps:
+        expected |= e.sop_instance_uids
+    report["expected"] = len(expected)
+    report["expected_received"] = len(expected & present)
+    report["missing"] = missing_instances(exps, present)
+    pending = []
+    for e in exps:
+        if e.source == "commitment":
+            c = store.commitment(e.source_id)
+            if c is not None and c.state == CommitmentState.PENDING:
+                pending.append(e.source_id)
+    report["pending_commitments"] = pending
+    report["mpps"] = [
+        {"instance": m.sop_instance_uid, "status": m.status, "instances": m.instances}
+        | ({"reason": m.reason[2] or m.reason[0]} if m.reason else {})
+        for m in store.mpps(study_instance_uid=report["study"])
+    ]
 
 
 def study_state(study: Mapping[str, Any]) -> str:

@@ -18,6 +18,15 @@ study                       ``S#uid`` / ``S``      times, manifest/notified vers
 node heartbeat              ``N#id`` / ``N``       expiry, open associations, info, ``ttl``
 hold (node, association)    ``H#node`` / ``assoc`` the study an open association carries
 key fingerprint             ``K`` / ``K``          written once (``attribute_not_exists``)
+expectation (issue 10)      ``E#study`` /          source, time, chunk nonce; the study item
+                            ``X#source``           gets ``expects`` (only such studies read
+                                                   them); written last: the commit point
+expected UIDs, 100 a chunk  ``E#study`` /          ``uids`` (string set), written first
+                            ``Y#source#nonce#k``
+storage commitment          ``C#txn`` / ``C``      state, attempts, next attempt (``queue``
+                                                   index while pending), lease, ref nonce
+its references, 100 a chunk ``C#txn`` / ``R#n#k``  ``refs`` (one string, class/instance lines)
+MPPS                        ``P#uid`` / ``P``      status, calling AE, studies, reason (``kind``)
 ==========================  =====================  ============================================
 
 Lists come from sparse global secondary indexes (an item is in one only while it carries the
@@ -66,18 +75,29 @@ from dicomgate.state._protocol import (
     Admission,
     AdmitOutcome,
     Claim,
+    Commitment,
+    CommitmentLease,
+    CommitmentRef,
+    CommitmentState,
+    Expectation,
     InstanceKey,
     InstanceRecord,
     InstanceState,
     Lease,
     LeaseLost,
+    MppsRecord,
+    MppsUpdate,
     NodeRecord,
     Publication,
     StateError,
     StateStore,
     StudyProgress,
     StudyRecord,
+    completion_rule,
+    describe_expectations,
+    missing_instances,
     study_state,
+    with_expectations,
 )
 
 __all__ = ["DynamoDBStateStore", "TableMissingError", "open_dynamodb"]
@@ -140,6 +160,8 @@ _KEYED = frozenset({"sop_instance_uid", "version", "study_instance_uid"})
 _CLEAR_LEASE = ("lease_token", "lease_owner", "lease_expires_at", "g_owner", "g_osort")
 _CLEAR_PUB = ("pub_token", "pub_owner", "pub_expires_at", "pub_version", "g_owner", "g_osort")
 _HOLD_SEP = "\x1f"  # between node id and association id: in neither
+#: UIDs (or references) per chunk item: ~7-13 KB, far below DynamoDB's 400 KB
+_CHUNK = 100
 
 
 class TableMissingError(StateError):
@@ -1086,7 +1108,17 @@ class DynamoDBStateStore:
             uid = str(study["pk"])[2:]
             rows = [_plain(r) for r in self._study_keys(uid)]
             if any(r.get("reported_version") is None for r in rows):
-                out.append(_progress(study, rows))
+                progress = _progress(study, rows)
+                if study.get("expects"):
+                    progress = with_expectations(
+                        progress,
+                        self.expectations(uid),
+                        (
+                            (str(r["pk"])[2:], InstanceState(r["state"]), r.get("reported_version"))
+                            for r in rows
+                        ),
+                    )
+                out.append(progress)
             elif len(rows) >= int(study.get("admits", 0)):
                 # every row is in a manifest: off the list, unless an admission came since
                 self._update(
@@ -1140,6 +1172,8 @@ class DynamoDBStateStore:
         seconds: float,
         cond: str,
         values: dict[str, Any],
+        completion: str = "idle",
+        missing: tuple[str, ...] = (),
     ) -> Publication | None:
         now = time.time()
         pub = Publication(
@@ -1149,6 +1183,8 @@ class DynamoDBStateStore:
             token=secrets.token_hex(16),
             expires_at=now + seconds,
             study=progress,
+            completion=completion,
+            missing=missing,
         )
         done = self._update(
             _skey(pub.study_instance_uid),
@@ -1177,12 +1213,16 @@ class DynamoDBStateStore:
         *,
         stable_after: float,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        expected_deadline: float | None = None,
     ) -> Publication | None:
         now = time.time()
         study = self._study_item(study_instance_uid)
         if not _is_study(study) or study is None:
             return None
-        if _pub_live(study, now) or now - float(study["last_received_at"]) < stable_after:
+        expecting = bool(study.get("expects"))
+        if _pub_live(study, now) or (
+            not expecting and now - float(study["last_received_at"]) < stable_after
+        ):
             return None
         holders = {h.split(_HOLD_SEP, 1)[0] for h in study.get("holds", set())}
         if self._live_nodes(holders, now):
@@ -1192,6 +1232,22 @@ class DynamoDBStateStore:
             return None
         progress = _progress(study, (_plain_row(r) for r in rows))
         if progress.pending or not progress.unreported:
+            return None
+        missing: tuple[str, ...] = ()
+        if expecting:
+            # An expectation recorded after this read only makes this decision one that was
+            # true a moment earlier (what it names arrives, or not, as a later version).
+            exps = self.expectations(study_instance_uid)
+            progress = with_expectations(
+                progress,
+                exps,
+                ((r.rec.sop_instance_uid, r.rec.state, r.rec.reported_version) for r in rows),
+            )
+            missing = tuple(missing_instances(exps, {r.rec.sop_instance_uid for r in rows}))
+        completion = completion_rule(
+            progress, now=now, stable_after=stable_after, expected_deadline=expected_deadline
+        )
+        if completion is None:
             return None
         # the rows read above are what the study was iff nothing arrived and no hold came since
         return self._take_publication(
@@ -1205,6 +1261,8 @@ class DynamoDBStateStore:
                 mv=progress.manifest_version,
                 hs=int(study.get("holds_seq", 0)),
             ),
+            completion,
+            missing,
         )
 
     def _check_pub(self, pub: Publication) -> dict[str, Any]:
@@ -1353,6 +1411,353 @@ class DynamoDBStateStore:
             found = self._batch_get(self._keys(self._index("deid", "g_deid", "D#" + uid)))
             item = _plain(found[0]) if found else None
         return _study_record(item) if item is not None and _is_study(item) else None
+
+    # -- what senders said ---------------------------------------------------------------------
+    def _put_chunks(self, items: list[Item]) -> None:
+        """Write-once chunk items (unreachable until their header exists), 25 a request."""
+        pending = [{"PutRequest": {"Item": i}} for i in items]
+        delay = 0.01
+        while pending:
+            batch, pending = pending[:25], pending[25:]
+            out = self._client.batch_write_item(RequestItems={self.table: batch})
+            left = out.get("UnprocessedItems", {}).get(self.table, [])
+            if left:
+                pending.extend(left)
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+
+    def _delete_chunks(self, pk: str, prefix: str) -> None:
+        keys = [
+            {"pk": i["pk"], "sk": i["sk"]}
+            for i in self._query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
+                ExpressionAttributeValues=_values(pk=pk, p=prefix),
+                ProjectionExpression="pk, sk",
+            )
+        ]
+        for start in range(0, len(keys), 25):
+            self._client.batch_write_item(
+                RequestItems={
+                    self.table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
+                }
+            )
+
+    def _put_new(self, item: Item) -> bool:
+        return self._write(
+            [
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": item,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            ]
+        )
+
+    def expect_instances(
+        self,
+        study_instance_uid: str,
+        *,
+        source: str,
+        source_id: str,
+        sop_instance_uids: Collection[str],
+        recorded_at: float | None = None,
+    ) -> bool:
+        at = time.time() if recorded_at is None else recorded_at
+        pk = "E#" + study_instance_uid
+        uids = sorted(set(sop_instance_uids))
+        if not uids or self._get({"pk": {"S": pk}, "sk": {"S": "X#" + source_id}}) is not None:
+            return False
+        nonce = secrets.token_hex(4)
+        prefix = f"Y#{source_id}#{nonce}#"
+        self._put_chunks(
+            [
+                {
+                    "pk": {"S": pk},
+                    "sk": {"S": f"{prefix}{k:05d}"},
+                    "uids": _av(set(uids[start : start + _CHUNK])),
+                }
+                for k, start in enumerate(range(0, len(uids), _CHUNK))
+            ]
+        )
+        header = {
+            "pk": {"S": pk},
+            "sk": {"S": "X#" + source_id},
+            "source": _av(source),
+            "recorded_at": _av(at),
+            "nonce": _av(nonce),
+        }
+        if not self._put_new(header):
+            self._delete_chunks(pk, prefix)  # another node recorded it first
+            return False
+        self._update(
+            _skey(study_instance_uid), "ADD expects :one", ExpressionAttributeValues=_values(one=1)
+        )
+        return True
+
+    def expectations(self, study_instance_uid: str) -> list[Expectation]:
+        headers: dict[str, dict[str, Any]] = {}
+        chunks: dict[str, set[str]] = {}
+        for item in self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues=_values(pk="E#" + study_instance_uid),
+            ConsistentRead=True,
+        ):
+            plain = _plain(item)
+            sk = str(plain["sk"])
+            if sk.startswith("X#"):
+                headers[sk[2:]] = plain
+            else:  # Y#source#nonce#k
+                source_id, nonce, _ = sk[2:].rsplit("#", 2)
+                chunks.setdefault(f"{source_id}#{nonce}", set()).update(plain["uids"])
+        out = [
+            Expectation(
+                study_instance_uid,
+                str(h["source"]),
+                source_id,
+                float(h["recorded_at"]),
+                frozenset(chunks.get(f"{source_id}#{h['nonce']}", set())),
+            )
+            for source_id, h in headers.items()
+        ]
+        return sorted(out, key=lambda e: (e.recorded_at, e.source_id))
+
+    @staticmethod
+    def _ckey(transaction_uid: str) -> Item:
+        return {"pk": {"S": "C#" + transaction_uid}, "sk": {"S": "C"}}
+
+    @staticmethod
+    def _commitment(plain: Mapping[str, Any], refs: tuple[CommitmentRef, ...] = ()) -> Commitment:
+        return Commitment(
+            transaction_uid=str(plain["pk"])[2:],
+            calling_ae=str(plain["calling_ae"]),
+            refs=refs,
+            requested_at=float(plain["requested_at"]),
+            node_id=str(plain.get("node_id", "")),
+            association_id=str(plain.get("association_id", "")),
+            state=CommitmentState(plain["state"]),
+            attempts=int(plain.get("attempts", 0)),
+            next_attempt_at=float(plain.get("next_attempt_at", 0.0)),
+            outcome=plain.get("outcome"),
+            failed=int(plain["failed"]) if "failed" in plain else None,
+        )
+
+    def add_commitment(self, commitment: Commitment) -> bool:
+        cm = commitment
+        key = self._ckey(cm.transaction_uid)
+        if self._get(key) is not None:
+            return False
+        nonce = secrets.token_hex(4)
+        prefix = f"R#{nonce}#"
+        lines = [f"{ref.sop_class_uid} {ref.sop_instance_uid}" for ref in cm.refs]
+        self._put_chunks(
+            [
+                {
+                    "pk": key["pk"],
+                    "sk": {"S": f"{prefix}{k:05d}"},
+                    "refs": {"S": "\n".join(lines[start : start + _CHUNK])},
+                }
+                for k, start in enumerate(range(0, len(lines), _CHUNK))
+            ]
+        )
+        attrs: dict[str, object] = {
+            "calling_ae": cm.calling_ae,
+            "requested_at": cm.requested_at or time.time(),
+            "node_id": cm.node_id,
+            "association_id": cm.association_id,
+            "state": str(CommitmentState.PENDING),
+            "attempts": 0,
+            "next_attempt_at": cm.next_attempt_at,
+            "nonce": nonce,
+            "g_queue": "commit",
+            "g_qsort": _ts(cm.next_attempt_at),
+        }
+        if not self._put_new({**key, **{k: _av(v) for k, v in attrs.items()}}):
+            self._delete_chunks(key["pk"]["S"], prefix)
+            return False
+        return True
+
+    def due_commitments(self, now: float | None = None) -> list[Commitment]:
+        now = time.time() if now is None else now
+        out = []
+        for item in self._index(
+            "queue",
+            "g_queue",
+            "commit",
+            range="g_qsort <= :t",
+            ExpressionAttributeValues=_values(t=_ts(now)),
+        ):
+            plain = _plain(item)
+            if "lease_token" in plain and float(plain.get("lease_expires_at", 0.0)) > now:
+                continue
+            out.append(self._commitment(plain))
+        return sorted(out, key=lambda c: c.requested_at)
+
+    def claim_commitment(
+        self, transaction_uid: str, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> tuple[Commitment, CommitmentLease] | None:
+        now = time.time()
+        lease = CommitmentLease(transaction_uid, owner, secrets.token_hex(16), now + lease_seconds)
+        item = self._update(
+            self._ckey(transaction_uid),
+            "SET lease_token = :tok, lease_owner = :owner, lease_expires_at = :exp",
+            cond="#st = :pending AND (attribute_not_exists(lease_token) "
+            "OR lease_expires_at <= :now)",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues=_values(
+                tok=lease.token,
+                owner=owner,
+                exp=lease.expires_at,
+                pending=str(CommitmentState.PENDING),
+                now=now,
+            ),
+        )
+        if item is None:
+            return None
+        plain = _plain(item)
+        chunks = sorted(
+            (
+                _plain(i)
+                for i in self._query(
+                    KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
+                    ExpressionAttributeValues=_values(
+                        pk="C#" + transaction_uid, p=f"R#{plain['nonce']}#"
+                    ),
+                    ConsistentRead=True,
+                )
+            ),
+            key=lambda c: str(c["sk"]),
+        )
+        refs = tuple(
+            CommitmentRef(*line.split(" ", 1))
+            for chunk in chunks
+            for line in str(chunk["refs"]).splitlines()
+        )
+        return self._commitment(plain, refs), lease
+
+    def finish_commitment(
+        self,
+        lease: CommitmentLease,
+        *,
+        state: CommitmentState,
+        outcome: str,
+        failed: int | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        sets = ["#st = :st", "outcome = :out"]
+        values: dict[str, object] = {"st": str(state), "out": outcome, "tok": lease.token}
+        adds = ""
+        remove = ["lease_token", "lease_owner", "lease_expires_at"]
+        if failed is not None:
+            sets.append("failed = :failed")
+            values["failed"] = failed
+        if retry_at is not None:
+            sets.append("next_attempt_at = :next")
+            values.update(next=retry_at, one=1)
+            adds = " ADD attempts :one"
+            if state == CommitmentState.PENDING:
+                sets.append("g_qsort = :qs")
+                values["qs"] = _ts(retry_at)
+        if state != CommitmentState.PENDING:
+            remove += ["g_queue", "g_qsort"]
+        done = self._update(
+            self._ckey(lease.transaction_uid),
+            "SET " + ", ".join(sets) + " REMOVE " + ", ".join(remove) + adds,
+            cond="lease_token = :tok",
+            ExpressionAttributeNames={"#st": "state"},
+            ExpressionAttributeValues=_values(**values),
+        )
+        if done is None:
+            raise LeaseLost("lease on a commitment was taken over")
+
+    def commitment(self, transaction_uid: str) -> Commitment | None:
+        item = self._get(self._ckey(transaction_uid))
+        return self._commitment(_plain(item)) if item is not None else None
+
+    @staticmethod
+    def _pkey(sop_instance_uid: str) -> Item:
+        return {"pk": {"S": "P#" + sop_instance_uid}, "sk": {"S": "P"}}
+
+    def create_mpps(self, rec: MppsRecord) -> bool:
+        attrs: dict[str, object] = {
+            "status": rec.status,
+            "calling_ae": rec.calling_ae,
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+            "instances": rec.instances,
+            "g_kind": "mpps",
+            "g_ksort": _ts(rec.created_at),
+        }
+        if rec.study_instance_uids:
+            attrs["studies"] = set(rec.study_instance_uids)
+        if rec.reason:
+            attrs["reason"] = _HOLD_SEP.join(rec.reason)
+        return self._put_new(
+            {**self._pkey(rec.sop_instance_uid), **{k: _av(v) for k, v in attrs.items()}}
+        )
+
+    def update_mpps(
+        self,
+        sop_instance_uid: str,
+        *,
+        status: str | None = None,
+        study_instance_uids: Collection[str] = (),
+        reason: tuple[str, str, str] | None = None,
+        instances: int | None = None,
+    ) -> MppsUpdate:
+        sets = ["updated_at = :now"]
+        values: dict[str, object] = {"now": time.time(), "ip": "IN PROGRESS"}
+        if status is not None:
+            sets.append("#st = :st")
+            values["st"] = status
+        if reason is not None:
+            sets.append("reason = :reason")
+            values["reason"] = _HOLD_SEP.join(reason)
+        if instances is not None:
+            sets.append("instances = :n")
+            values["n"] = instances
+        expr = "SET " + ", ".join(sets)
+        if study_instance_uids:
+            expr += " ADD studies :studies"
+            values["studies"] = set(study_instance_uids)
+        done = self._update(
+            self._pkey(sop_instance_uid),
+            expr,
+            cond="attribute_exists(pk) AND #st = :ip",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues=_values(**values),
+        )
+        if done is not None:
+            return MppsUpdate.UPDATED
+        if self._get(self._pkey(sop_instance_uid)) is not None:
+            return MppsUpdate.FINAL
+        return MppsUpdate.NO_SUCH_INSTANCE
+
+    def mpps(
+        self, *, sop_instance_uid: str | None = None, study_instance_uid: str | None = None
+    ) -> list[MppsRecord]:
+        if sop_instance_uid is not None:
+            keys = [self._pkey(sop_instance_uid)]
+        else:
+            keys = [{"pk": i["pk"], "sk": i["sk"]} for i in self._index("kind", "g_kind", "mpps")]
+        out = []
+        for item in self._batch_get(keys):
+            p = _plain(item)
+            reason = str(p["reason"]).split(_HOLD_SEP) if "reason" in p else []
+            rec = MppsRecord(
+                sop_instance_uid=str(p["pk"])[2:],
+                status=str(p["status"]),
+                calling_ae=str(p["calling_ae"]),
+                study_instance_uids=tuple(sorted(p.get("studies", set()))),
+                created_at=float(p["created_at"]),
+                updated_at=float(p["updated_at"]),
+                reason=(reason[0], reason[1], reason[2]) if len(reason) == 3 else None,
+                instances=int(p.get("instances", 0)),
+            )
+            if study_instance_uid is None or study_instance_uid in rec.study_instance_uids:
+                out.append(rec)
+        return sorted(out, key=lambda m: m.created_at)
 
     # -- nodes, holds, key ------------------------------------------------------------------------
     def heartbeat(
@@ -1567,6 +1972,8 @@ class DynamoDBStateStore:
                 ],
             }
             report["state"] = study_state(report)
+            if study:
+                describe_expectations(self, report)
             studies.append(report)
         return {"studies": studies}
 

@@ -42,22 +42,31 @@ from dicomgate.state._protocol import (
     Admission,
     AdmitOutcome,
     Claim,
+    Commitment,
+    CommitmentLease,
+    CommitmentRef,
+    CommitmentState,
+    Expectation,
     InstanceKey,
     InstanceRecord,
     InstanceState,
     Lease,
     LeaseLost,
+    MppsRecord,
+    MppsUpdate,
     NodeRecord,
     Publication,
     StateError,
     StudyProgress,
     StudyRecord,
+    completion_rule,
+    describe_expectations,
     study_state,
 )
 
 __all__ = ["SqliteStateStore"]
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 
 # Schema 1, as stores written before issue 8 have it (CREATE ... IF NOT EXISTS: a no-op there).
 _SCHEMA_1 = (
@@ -136,6 +145,70 @@ _TO_SCHEMA_2 = (
 )""",
     "CREATE INDEX IF NOT EXISTS holds_node ON holds (node_id, association_id)",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+# Schema 2 → 3 (issue 10): what senders said — expectations, storage commitments, MPPS.
+_TO_SCHEMA_3 = (
+    """CREATE TABLE IF NOT EXISTS expected (
+    study_instance_uid  TEXT NOT NULL,
+    source_id           TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    source              TEXT NOT NULL,
+    recorded_at         REAL NOT NULL,
+    PRIMARY KEY (study_instance_uid, source_id, sop_instance_uid)
+)""",
+    "CREATE INDEX IF NOT EXISTS expected_sop ON expected (study_instance_uid, sop_instance_uid)",
+    """CREATE TABLE IF NOT EXISTS commitments (
+    transaction_uid     TEXT PRIMARY KEY,
+    calling_ae          TEXT NOT NULL,
+    requested_at        REAL NOT NULL,
+    node_id             TEXT NOT NULL,
+    association_id      TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     REAL NOT NULL,
+    outcome             TEXT,
+    failed              INTEGER,
+    lease_owner         TEXT,
+    lease_token         TEXT,
+    lease_expires_at    REAL
+)""",
+    "CREATE INDEX IF NOT EXISTS commitments_due ON commitments (state, next_attempt_at)",
+    """CREATE TABLE IF NOT EXISTS commitment_refs (
+    transaction_uid     TEXT NOT NULL,
+    seq                 INTEGER NOT NULL,
+    sop_class_uid       TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    PRIMARY KEY (transaction_uid, seq)
+)""",
+    """CREATE TABLE IF NOT EXISTS mpps (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    status              TEXT NOT NULL,
+    calling_ae          TEXT NOT NULL,
+    studies             TEXT NOT NULL DEFAULT '[]',
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    reason              TEXT,
+    instances           INTEGER NOT NULL DEFAULT 0
+)""",
+)
+
+# a study's expectations against its rows: expected UIDs, those without a row in the study,
+# unreported finished rows no expectation names, and the newest expectation
+_EXPECTATION = (
+    "SELECT (SELECT count(DISTINCT e.sop_instance_uid) FROM expected e "
+    "WHERE e.study_instance_uid = :s) AS expected, "
+    "(SELECT count(DISTINCT e.sop_instance_uid) FROM expected e "
+    "WHERE e.study_instance_uid = :s AND NOT EXISTS (SELECT 1 FROM instances i "
+    "WHERE i.sop_instance_uid = e.sop_instance_uid AND i.study_instance_uid = :s)) AS missing, "
+    "(SELECT count(*) FROM instances i WHERE i.study_instance_uid = :s "
+    "AND i.reported_version IS NULL AND i.state IN ('uploaded', 'quarantined') "
+    "AND NOT EXISTS (SELECT 1 FROM expected e WHERE e.study_instance_uid = :s "
+    "AND e.sop_instance_uid = i.sop_instance_uid)) AS unexpected, "
+    "(SELECT recorded_at FROM expected e WHERE e.study_instance_uid = :s "
+    "ORDER BY recorded_at DESC LIMIT 1) AS expected_at, "
+    "(SELECT source FROM expected e WHERE e.study_instance_uid = :s "
+    "ORDER BY recorded_at DESC LIMIT 1) AS expected_by"
 )
 
 _SUPERSEDE_STALE = (
@@ -291,7 +364,10 @@ class SqliteStateStore:
             if version < _SCHEMA_VERSION:
                 for statement in _SCHEMA_1:
                     c.execute(statement)
-                for statement in _TO_SCHEMA_2:
+                if version < 2:
+                    for statement in _TO_SCHEMA_2:
+                        c.execute(statement)
+                for statement in _TO_SCHEMA_3:
                     c.execute(statement)
                 c.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             # Stores written before versions were superseded on arrival hold stale rows that
@@ -651,12 +727,37 @@ class SqliteStateStore:
 
     # -- studies and publication -----------------------------------------------------------------
     def studies_to_report(self) -> list[StudyProgress]:
-        rows = self._read(
-            _PROGRESS + "WHERE s.study_instance_uid IN "
-            "(SELECT study_instance_uid FROM instances WHERE reported_version IS NULL) "
-            "GROUP BY s.study_instance_uid"
+        with self._lock:
+            c = self._conn
+            rows = c.execute(
+                _PROGRESS + "WHERE s.study_instance_uid IN "
+                "(SELECT study_instance_uid FROM instances WHERE reported_version IS NULL) "
+                "GROUP BY s.study_instance_uid"
+            ).fetchall()
+            expecting = {
+                r[0] for r in c.execute("SELECT DISTINCT study_instance_uid FROM expected")
+            }
+            return [
+                self._expecting(c, _progress(r))
+                if r["study_instance_uid"] in expecting
+                else _progress(r)
+                for r in rows
+            ]
+
+    @staticmethod
+    def _expecting(c: sqlite3.Connection, study: StudyProgress) -> StudyProgress:
+        """``study`` with what its expectations say (unchanged when it has none)."""
+        row = c.execute(_EXPECTATION, {"s": study.study_instance_uid}).fetchone()
+        if not row["expected"]:
+            return study
+        return replace(
+            study,
+            expected=row["expected"],
+            expected_missing=row["missing"],
+            unexpected=row["unexpected"],
+            expected_at=row["expected_at"],
+            expected_by=row["expected_by"],
         )
-        return [_progress(r) for r in rows]
 
     def manifest_rows(self, study_instance_uid: str) -> list[InstanceRecord]:
         rows = self._read(
@@ -672,12 +773,30 @@ class SqliteStateStore:
         row = c.execute(
             _PROGRESS + "WHERE s.study_instance_uid = ? GROUP BY s.study_instance_uid", (uid,)
         ).fetchone()
-        return _progress(row) if row is not None else None
+        return SqliteStateStore._expecting(c, _progress(row)) if row is not None else None
 
     def _take_publication(
-        self, c: sqlite3.Connection, study: StudyProgress, owner: str, version: int, seconds: float
+        self,
+        c: sqlite3.Connection,
+        study: StudyProgress,
+        owner: str,
+        version: int,
+        seconds: float,
+        completion: str = "idle",
     ) -> Publication:
         now = time.time()
+        missing: tuple[str, ...] = ()
+        if study.expected_missing:
+            missing = tuple(
+                r[0]
+                for r in c.execute(
+                    "SELECT DISTINCT e.sop_instance_uid FROM expected e "
+                    "WHERE e.study_instance_uid = ? AND NOT EXISTS (SELECT 1 FROM instances i "
+                    "WHERE i.sop_instance_uid = e.sop_instance_uid "
+                    "AND i.study_instance_uid = e.study_instance_uid) ORDER BY 1",
+                    (study.study_instance_uid,),
+                )
+            )
         pub = Publication(
             study_instance_uid=study.study_instance_uid,
             version=version,
@@ -685,6 +804,8 @@ class SqliteStateStore:
             token=secrets.token_hex(16),
             expires_at=now + seconds,
             study=study,
+            completion=completion,
+            missing=missing,
         )
         c.execute(
             "UPDATE studies SET pub_owner = ?, pub_token = ?, pub_version = ?, pub_expires_at = ? "
@@ -700,16 +821,17 @@ class SqliteStateStore:
         *,
         stable_after: float,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        expected_deadline: float | None = None,
     ) -> Publication | None:
         with self._transaction() as c:
             now = time.time()
             study = self._study_progress(c, study_instance_uid)
-            if (
-                study is None
-                or study.pending
-                or not study.unreported
-                or now - study.last_received_at < stable_after
-            ):
+            if study is None or study.pending or not study.unreported:
+                return None
+            completion = completion_rule(
+                study, now=now, stable_after=stable_after, expected_deadline=expected_deadline
+            )
+            if completion is None:
                 return None
             busy = c.execute(
                 "SELECT 1 FROM studies WHERE study_instance_uid = ? "
@@ -721,7 +843,7 @@ class SqliteStateStore:
             if busy is not None:
                 return None
             return self._take_publication(
-                c, study, owner, study.manifest_version + 1, lease_seconds
+                c, study, owner, study.manifest_version + 1, lease_seconds, completion
             )
 
     def _check_pub(self, c: sqlite3.Connection, pub: Publication) -> sqlite3.Row:
@@ -820,6 +942,231 @@ class SqliteStateStore:
             "SELECT * FROM studies WHERE study_instance_uid = ? OR deid_study_uid = ?", (uid, uid)
         )
         return _study_record(rows[0]) if rows else None
+
+    # -- what senders said ---------------------------------------------------------------------
+    def expect_instances(
+        self,
+        study_instance_uid: str,
+        *,
+        source: str,
+        source_id: str,
+        sop_instance_uids: Collection[str],
+        recorded_at: float | None = None,
+    ) -> bool:
+        at = time.time() if recorded_at is None else recorded_at
+        with self._transaction() as c:
+            known = c.execute(
+                "SELECT 1 FROM expected WHERE study_instance_uid = ? AND source_id = ? LIMIT 1",
+                (study_instance_uid, source_id),
+            ).fetchone()
+            if known is not None or not sop_instance_uids:
+                return False
+            c.executemany(
+                "INSERT INTO expected (study_instance_uid, source_id, sop_instance_uid, source, "
+                "recorded_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(study_instance_uid, source_id, u, source, at) for u in set(sop_instance_uids)],
+            )
+        return True
+
+    def expectations(self, study_instance_uid: str) -> list[Expectation]:
+        out: dict[str, Expectation] = {}
+        for r in self._read(
+            "SELECT source_id, source, recorded_at, sop_instance_uid FROM expected "
+            "WHERE study_instance_uid = ? ORDER BY recorded_at, source_id",
+            (study_instance_uid,),
+        ):
+            e = out.get(r["source_id"])
+            uids = {r["sop_instance_uid"]} | (e.sop_instance_uids if e else frozenset())
+            out[r["source_id"]] = Expectation(
+                study_instance_uid, r["source"], r["source_id"], r["recorded_at"], frozenset(uids)
+            )
+        return list(out.values())
+
+    def add_commitment(self, commitment: Commitment) -> bool:
+        cm = commitment
+        with self._transaction() as c:
+            cur = c.execute(
+                "INSERT INTO commitments (transaction_uid, calling_ae, requested_at, node_id, "
+                "association_id, state, attempts, next_attempt_at) VALUES (?,?,?,?,?,?,0,?) "
+                "ON CONFLICT DO NOTHING",
+                (
+                    cm.transaction_uid,
+                    cm.calling_ae,
+                    cm.requested_at or time.time(),
+                    cm.node_id,
+                    cm.association_id,
+                    str(CommitmentState.PENDING),
+                    cm.next_attempt_at,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            c.executemany(
+                "INSERT INTO commitment_refs (transaction_uid, seq, sop_class_uid, "
+                "sop_instance_uid) VALUES (?, ?, ?, ?)",
+                [(cm.transaction_uid, i, *ref) for i, ref in enumerate(cm.refs)],
+            )
+        return True
+
+    @staticmethod
+    def _commitment(row: sqlite3.Row, refs: tuple[CommitmentRef, ...] = ()) -> Commitment:
+        return Commitment(
+            transaction_uid=row["transaction_uid"],
+            calling_ae=row["calling_ae"],
+            refs=refs,
+            requested_at=row["requested_at"],
+            node_id=row["node_id"],
+            association_id=row["association_id"],
+            state=CommitmentState(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"],
+            outcome=row["outcome"],
+            failed=row["failed"],
+        )
+
+    def due_commitments(self, now: float | None = None) -> list[Commitment]:
+        now = time.time() if now is None else now
+        rows = self._read(
+            "SELECT * FROM commitments WHERE state = 'pending' AND next_attempt_at <= ? "
+            "AND (lease_token IS NULL OR lease_expires_at <= ?) ORDER BY requested_at",
+            (now, now),
+        )
+        return [self._commitment(r) for r in rows]
+
+    def claim_commitment(
+        self, transaction_uid: str, owner: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> tuple[Commitment, CommitmentLease] | None:
+        now = time.time()
+        lease = CommitmentLease(transaction_uid, owner, secrets.token_hex(16), now + lease_seconds)
+        with self._transaction() as c:
+            cur = c.execute(
+                "UPDATE commitments SET lease_owner = ?, lease_token = ?, lease_expires_at = ? "
+                "WHERE transaction_uid = ? AND state = 'pending' "
+                "AND (lease_token IS NULL OR lease_expires_at <= ?)",
+                (owner, lease.token, lease.expires_at, transaction_uid, now),
+            )
+            if cur.rowcount == 0:
+                return None
+            row = c.execute(
+                "SELECT * FROM commitments WHERE transaction_uid = ?", (transaction_uid,)
+            ).fetchone()
+            refs = tuple(
+                CommitmentRef(r[0], r[1])
+                for r in c.execute(
+                    "SELECT sop_class_uid, sop_instance_uid FROM commitment_refs "
+                    "WHERE transaction_uid = ? ORDER BY seq",
+                    (transaction_uid,),
+                )
+            )
+        return self._commitment(row, refs), lease
+
+    def finish_commitment(
+        self,
+        lease: CommitmentLease,
+        *,
+        state: CommitmentState,
+        outcome: str,
+        failed: int | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        with self._transaction() as c:
+            cur = c.execute(
+                "UPDATE commitments SET state = ?, outcome = ?, failed = coalesce(?, failed), "
+                "attempts = attempts + ?, next_attempt_at = coalesce(?, next_attempt_at), "
+                "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+                "WHERE transaction_uid = ? AND lease_token = ?",
+                (
+                    str(state),
+                    outcome,
+                    failed,
+                    1 if retry_at is not None else 0,
+                    retry_at,
+                    lease.transaction_uid,
+                    lease.token,
+                ),
+            )
+            if cur.rowcount == 0:
+                raise LeaseLost("lease on a commitment was taken over")
+
+    def commitment(self, transaction_uid: str) -> Commitment | None:
+        rows = self._read("SELECT * FROM commitments WHERE transaction_uid = ?", (transaction_uid,))
+        return self._commitment(rows[0]) if rows else None
+
+    def create_mpps(self, rec: MppsRecord) -> bool:
+        with self._transaction() as c:
+            cur = c.execute(
+                "INSERT INTO mpps (sop_instance_uid, status, calling_ae, studies, created_at, "
+                "updated_at, reason, instances) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                (
+                    rec.sop_instance_uid,
+                    rec.status,
+                    rec.calling_ae,
+                    json.dumps(list(rec.study_instance_uids)),
+                    rec.created_at,
+                    rec.updated_at,
+                    json.dumps(rec.reason) if rec.reason else None,
+                    rec.instances,
+                ),
+            )
+        return cur.rowcount == 1
+
+    def update_mpps(
+        self,
+        sop_instance_uid: str,
+        *,
+        status: str | None = None,
+        study_instance_uids: Collection[str] = (),
+        reason: tuple[str, str, str] | None = None,
+        instances: int | None = None,
+    ) -> MppsUpdate:
+        with self._transaction() as c:
+            row = c.execute(
+                "SELECT status, studies FROM mpps WHERE sop_instance_uid = ?", (sop_instance_uid,)
+            ).fetchone()
+            if row is None:
+                return MppsUpdate.NO_SUCH_INSTANCE
+            if row["status"] != "IN PROGRESS":
+                return MppsUpdate.FINAL
+            studies = list(json.loads(row["studies"]))
+            studies += [u for u in study_instance_uids if u not in studies]
+            c.execute(
+                "UPDATE mpps SET status = coalesce(?, status), studies = ?, updated_at = ?, "
+                "reason = coalesce(?, reason), instances = coalesce(?, instances) "
+                "WHERE sop_instance_uid = ? AND status = 'IN PROGRESS'",
+                (
+                    status,
+                    json.dumps(studies),
+                    time.time(),
+                    json.dumps(reason) if reason else None,
+                    instances,
+                    sop_instance_uid,
+                ),
+            )
+        return MppsUpdate.UPDATED
+
+    def mpps(
+        self, *, sop_instance_uid: str | None = None, study_instance_uid: str | None = None
+    ) -> list[MppsRecord]:
+        if sop_instance_uid is not None:
+            rows = self._read("SELECT * FROM mpps WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        else:
+            rows = self._read("SELECT * FROM mpps ORDER BY created_at")
+        out = [
+            MppsRecord(
+                sop_instance_uid=r["sop_instance_uid"],
+                status=r["status"],
+                calling_ae=r["calling_ae"],
+                study_instance_uids=tuple(json.loads(r["studies"])),
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+                reason=tuple(json.loads(r["reason"])) if r["reason"] else None,
+                instances=r["instances"],
+            )
+            for r in rows
+        ]
+        if study_instance_uid is not None:
+            out = [m for m in out if study_instance_uid in m.study_instance_uids]
+        return out
 
     # -- nodes, holds, key -----------------------------------------------------------------------
     def heartbeat(
@@ -969,6 +1316,8 @@ class SqliteStateStore:
                 )
         for s in studies.values():
             s["state"] = study_state(s)
+            if study:
+                describe_expectations(self, s)
         return {"studies": list(studies.values())}
 
 

@@ -18,10 +18,15 @@ from pydicom.uid import generate_uid
 from dicomgate.state import (
     MAX_BATCH,
     AdmitOutcome,
+    Commitment,
+    CommitmentRef,
+    CommitmentState,
     InstanceKey,
     InstanceRecord,
     InstanceState,
     LeaseLost,
+    MppsRecord,
+    MppsUpdate,
     StateStore,
 )
 from tests.state._spec import StoreSpec
@@ -418,3 +423,133 @@ def test_processes_racing(state_backend: StoreSpec) -> None:
                 p.kill()
     assert all(p.exitcode == 0 for p in procs)
     _check_races([g[0] for g in got], [g[1] for g in got], [g[2] for g in got], n)
+
+
+# -- what senders said (issue 10) ---------------------------------------------------------------
+COMMIT_STUDY = "1.2.826.0.1.3680043.10.54.3"
+
+
+def test_expectations_complete_a_study_at_once(store: StateStore) -> None:
+    """Every expected instance arrived and finished: complete without stable_after; a late
+    instance nobody named waits for the idle rule again; a missing one after the deadline."""
+    a, b = admitted(store, record(COMMIT_STUDY)), admitted(store, record(COMMIT_STUDY))
+    named = [a.sop_instance_uid, b.sop_instance_uid]
+    assert store.expect_instances(
+        COMMIT_STUDY, source="commitment", source_id="2.25.1", sop_instance_uids=named
+    )
+    assert not store.expect_instances(  # once per source: a repeat writes nothing
+        COMMIT_STUDY, source="commitment", source_id="2.25.1", sop_instance_uids=["2.25.7"]
+    )
+    [e] = store.expectations(COMMIT_STUDY)
+    assert (e.source, e.source_id, e.sop_instance_uids) == ("commitment", "2.25.1", set(named))
+    upload(store, a)
+    assert store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600) is None  # b pending
+    upload(store, b)
+    [progress] = [s for s in store.studies_to_report() if s.study_instance_uid == COMMIT_STUDY]
+    assert (progress.expected, progress.expected_missing, progress.unexpected) == (2, 0, 0)
+    assert progress.expected_by == "commitment"
+    pub = store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600)
+    assert pub is not None and pub.completion == "commitment" and pub.missing == ()
+    store.mark_reported(pub, [a.key, b.key])
+    store.complete_publication(pub, "2.25.98")
+    store.mark_notified(pub)
+    # a late instance nobody named: the idle rule
+    late = admitted(store, record(COMMIT_STUDY))
+    upload(store, late)
+    assert store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600) is None
+    # an MPPS names it and one more that never comes: complete once the deadline passed
+    assert store.expect_instances(
+        COMMIT_STUDY,
+        source="mpps",
+        source_id="2.25.2",
+        sop_instance_uids=[late.sop_instance_uid, "2.25.404"],
+    )
+    assert store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600) is None
+    late_deadline = store.begin_publication(
+        COMMIT_STUDY, "n1", stable_after=3600, expected_deadline=60
+    )
+    assert late_deadline is None
+    pub = store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600, expected_deadline=0)
+    assert pub is not None and pub.version == 2
+    assert pub.completion == "mpps" and pub.missing == ("2.25.404",)
+    report = store.status_report(COMMIT_STUDY)["studies"][0]
+    assert (report["expected"], report["expected_received"]) == (4, 3)
+    assert report["missing"] == ["2.25.404"]
+
+
+def test_big_expectations_are_chunked(store: StateStore) -> None:
+    """3,000 expected instances and a 3,000-reference commitment: stored and read whole."""
+    uids = [f"2.25.{i}" for i in range(3000)]
+    assert store.expect_instances(
+        "2.25.5", source="commitment", source_id="2.25.6", sop_instance_uids=uids
+    )
+    [e] = store.expectations("2.25.5")
+    assert e.sop_instance_uids == set(uids)
+    refs = tuple(CommitmentRef("1.2.840.10008.5.1.4.1.1.2", u) for u in uids)
+    assert store.add_commitment(Commitment("2.25.6", "ORTHANC", refs, node_id="n1"))
+    claimed = store.claim_commitment("2.25.6", "n1")
+    assert claimed is not None and claimed[0].refs == refs
+
+
+def test_commitments_are_claimed_once_and_survive(state_backend: StoreSpec) -> None:
+    """A commitment is recorded once, claimed by one racer, retried, then reported."""
+    refs = (CommitmentRef("1.2.840.10008.5.1.4.1.1.2", "2.25.10"),)
+    with state_backend.open() as s:
+        assert s.add_commitment(Commitment("2.25.20", "CT", refs, node_id="n0"))
+        assert not s.add_commitment(Commitment("2.25.20", "CT", (), node_id="n0"))
+        assert [c.transaction_uid for c in s.due_commitments()] == ["2.25.20"]
+    won = _race(state_backend, 4, lambda s, i: s.claim_commitment("2.25.20", f"n{i}"))
+    winners = [w for w in won if w is not None]
+    assert len(winners) == 1
+    commitment, lease = winners[0]
+    assert commitment.refs == refs and commitment.calling_ae == "CT"
+    with state_backend.open() as s:  # a new handle: what a restarted node sees
+        assert s.due_commitments() == []  # held
+        s.finish_commitment(lease, state=CommitmentState.PENDING, outcome="x", retry_at=0.0)
+        with pytest.raises(LeaseLost):
+            s.finish_commitment(lease, state=CommitmentState.REPORTED, outcome="y")
+        [due] = s.due_commitments()
+        assert due.attempts == 1 and due.outcome == "x"
+        short = s.claim_commitment("2.25.20", "a", lease_seconds=SHORT)
+        assert short is not None and s.claim_commitment("2.25.20", "b") is None
+        time.sleep(SHORT + 0.1)  # a died: b takes it over, a's token is dead
+        taken = s.claim_commitment("2.25.20", "b")
+        assert taken is not None
+        with pytest.raises(LeaseLost):
+            s.finish_commitment(short[1], state=CommitmentState.REPORTED, outcome="late")
+        s.finish_commitment(taken[1], state=CommitmentState.REPORTED, outcome="ok", failed=0)
+        assert s.due_commitments() == [] and s.claim_commitment("2.25.20", "c") is None
+        done = s.commitment("2.25.20")
+        assert done is not None and done.state == CommitmentState.REPORTED and done.failed == 0
+
+
+def test_mpps_create_once_and_final_states(store: StateStore) -> None:
+    now = time.time()
+    rec = MppsRecord("2.25.30", "IN PROGRESS", "CT", ("2.25.31",), now, now)
+    assert store.create_mpps(rec) and not store.create_mpps(rec)
+    assert store.update_mpps("2.25.404", status="COMPLETED") == MppsUpdate.NO_SUCH_INSTANCE
+    assert store.update_mpps("2.25.30") == MppsUpdate.UPDATED
+    reason = ("110514", "DCM", "Incorrect worklist entry selected")
+    assert (
+        store.update_mpps("2.25.30", status="DISCONTINUED", reason=reason, instances=2)
+        == MppsUpdate.UPDATED
+    )
+    assert store.update_mpps("2.25.30", status="COMPLETED") == MppsUpdate.FINAL
+    [m] = store.mpps(study_instance_uid="2.25.31")
+    assert (m.status, m.reason, m.instances) == ("DISCONTINUED", reason, 2)
+    assert (
+        store.mpps(sop_instance_uid="2.25.30") == [m] and store.mpps(study_instance_uid="x") == []
+    )
+
+
+def test_mpps_updates_race(state_backend: StoreSpec) -> None:
+    """Two N-SETs finishing one step at once: exactly one is applied."""
+    now = time.time()
+    with state_backend.open() as s:
+        assert s.create_mpps(MppsRecord("2.25.40", "IN PROGRESS", "CT", (), now, now))
+    outcomes = _race(
+        state_backend,
+        4,
+        lambda s, i: s.update_mpps("2.25.40", status="COMPLETED" if i % 2 else "DISCONTINUED"),
+    )
+    assert sorted(outcomes) == sorted([MppsUpdate.UPDATED] + [MppsUpdate.FINAL] * 3)

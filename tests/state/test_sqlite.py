@@ -119,7 +119,7 @@ def test_schema_1_store_migrates_without_losing_rows(tmp_path: Path) -> None:
     with SqliteStateStore.open(path, readonly=True) as store:  # migrated: readable now
         assert len(store.instances()) == 3
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 2
+    assert version == 3
 
 
 def _open_and_admit(path: str, i: int) -> int:  # pragma: no cover - a spawned process

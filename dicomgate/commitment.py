@@ -1,0 +1,454 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J): "do you now hold these safely?"
+
+The N-ACTION handler (:meth:`CommitmentService.request`, run in the association's thread) only
+checks the request and records it in the state store — durable, so a restart answers it too —
+and answers at once. The report is the :class:`CommitmentReporter`'s work, a thread of the
+node: it finds pending commitments, claims one (a lease in the store: any node can answer, one
+does), decides each reference, and sends the N-EVENT-REPORT when every reference is decided:
+
+* **committed**: the newest row of the SOP Instance UID exists with the referenced SOP Class —
+  received and recorded is durable (``commitment_after = received``, the promise the C-STORE
+  response already made), or uploaded/delivered (``commitment_after = delivered``). A
+  quarantined instance is durably held: committed under ``received``; under ``delivered`` it
+  never will be, so it fails with 0x0110 (processing failure).
+* **failed 0x0119** (class/instance conflict): the row has another SOP Class.
+* **failed 0x0112** (no such object instance): no row ``commitment_timeout`` seconds after
+  the request (until then the reference waits).
+
+The report goes back on the requesting association while it is open (the requester may keep
+it open for exactly that); else on another open association of the same calling AE title with
+the Storage Commitment context; else on a new association to the address the peer table
+(``commitment_peers``) gives for the calling AE title, proposing the SCP role for Storage
+Commitment (SCP/SCU role selection). Failures are retried with backoff for
+``commitment_retry_for`` seconds; the outcome is recorded on the commitment either way.
+
+The first time a commitment is evaluated, its references that resolve to rows become an
+*expectation* of their study (``source = commitment``): the study is complete as soon as all of
+them arrived and finished (see :func:`dicomgate.state.completion_rule`). References without a
+row yet are expected in the same study when every resolved reference is of one study.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role
+
+from dicomgate._logging import get_logger
+from dicomgate._tracebacks import safe_traceback
+from dicomgate.config import Settings
+from dicomgate.ops.metrics import Metrics
+from dicomgate.state import (
+    DEFAULT_LEASE_SECONDS,
+    Commitment,
+    CommitmentLease,
+    CommitmentRef,
+    CommitmentState,
+    InstanceRecord,
+    InstanceState,
+    LeaseLost,
+    StateStore,
+)
+
+__all__ = [
+    "STORAGE_COMMITMENT",
+    "STORAGE_COMMITMENT_INSTANCE",
+    "CommitmentReporter",
+    "CommitmentService",
+    "check_request",
+    "decide",
+]
+
+log = get_logger(__name__)
+
+#: Storage Commitment Push Model SOP Class and its well-known SOP Instance (PS3.4 J.3)
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+#: DIMSE statuses (PS3.7 C) and Failure Reasons (PS3.4 J.3.3 / C.14.1.1)
+SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+INVALID_ATTRIBUTE_VALUE = 0x0106
+INVALID_OBJECT_INSTANCE = 0x0117
+MISSING_ATTRIBUTE = 0x0120
+MISSING_ATTRIBUTE_VALUE = 0x0121
+NO_SUCH_ACTION = 0x0123
+
+#: how often the reporter looks for work when nothing wakes it (s)
+_POLL = 0.25
+#: a reference without a row is looked at again this soon (s)
+_WAITING_RETRY = 0.25
+
+
+def _valid_uid(value: object) -> bool:
+    return isinstance(value, str) and bool(value) and UID(value).is_valid
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def check_request(
+    action_type: int | None, requested_instance: str | None, ds: Dataset | None
+) -> tuple[Dataset | int, str, tuple[CommitmentRef, ...]]:
+    """The N-ACTION's checks (PS3.4 J.3.2): a status (0 or a failure with its comment), the
+    Transaction UID and the references."""
+    if action_type != 1:
+        return _status(NO_SUCH_ACTION, "Action Type ID must be 1"), "", ()
+    if requested_instance and str(requested_instance) != STORAGE_COMMITMENT_INSTANCE:
+        return _status(INVALID_OBJECT_INSTANCE, "not the well-known SOP Instance"), "", ()
+    if ds is None or "TransactionUID" not in ds:
+        return _status(MISSING_ATTRIBUTE, "Transaction UID (0008,1195) missing"), "", ()
+    txn = str(ds.TransactionUID or "")
+    if not txn:
+        return _status(MISSING_ATTRIBUTE_VALUE, "Transaction UID (0008,1195) empty"), "", ()
+    if not _valid_uid(txn):
+        return _status(INVALID_ATTRIBUTE_VALUE, "Transaction UID (0008,1195) invalid"), "", ()
+    if "ReferencedSOPSequence" not in ds:
+        return _status(MISSING_ATTRIBUTE, "Referenced SOP Sequence (0008,1199) missing"), "", ()
+    if not ds.ReferencedSOPSequence:
+        return _status(MISSING_ATTRIBUTE_VALUE, "Referenced SOP Sequence empty"), "", ()
+    refs = []
+    for item in ds.ReferencedSOPSequence:
+        if "ReferencedSOPClassUID" not in item or "ReferencedSOPInstanceUID" not in item:
+            return _status(MISSING_ATTRIBUTE, "a Referenced SOP item lacks its UIDs"), "", ()
+        cls, inst = str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID)
+        if not _valid_uid(cls) or not _valid_uid(inst):
+            return _status(INVALID_ATTRIBUTE_VALUE, "a Referenced SOP UID is invalid"), "", ()
+        refs.append(CommitmentRef(cls, inst))
+    return SUCCESS, txn, tuple(refs)
+
+
+def decide(
+    ref: CommitmentRef,
+    rec: InstanceRecord | None,
+    *,
+    after: str,
+    timed_out: bool,
+) -> int | None:
+    """One reference's result: SUCCESS, a Failure Reason, or None (not decided yet)."""
+    if rec is None:
+        return NO_SUCH_OBJECT_INSTANCE if timed_out else None
+    if rec.sop_class_uid != ref.sop_class_uid:
+        return CLASS_INSTANCE_CONFLICT
+    if rec.state == InstanceState.QUARANTINED:
+        return SUCCESS if after == "received" else PROCESSING_FAILURE
+    if rec.state in (InstanceState.RECEIVED, InstanceState.PROCESSED) and after == "delivered":
+        return PROCESSING_FAILURE if timed_out else None
+    return SUCCESS
+
+
+def report_dataset(
+    transaction_uid: str, results: Iterable[tuple[CommitmentRef, int]]
+) -> tuple[int, Dataset, int]:
+    """The N-EVENT-REPORT's Event Type ID, Event Information and failed count (PS3.4 J.3.3)."""
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    ok, failed = [], []
+    for ref, code in results:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ref.sop_class_uid
+        item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+        if code == SUCCESS:
+            ok.append(item)
+        else:
+            item.FailureReason = code
+            failed.append(item)
+    if ok:
+        ds.ReferencedSOPSequence = ok
+    if failed:
+        ds.FailedSOPSequence = failed
+    return (2 if failed else 1), ds, len(failed)
+
+
+class CommitmentService:
+    """What the N-ACTION handler calls (in the association's thread)."""
+
+    def __init__(self, state: StateStore, node_id: str, wake: Callable[[], None]) -> None:
+        self.state = state
+        self.node_id = node_id
+        self.wake = wake
+
+    def request(
+        self,
+        *,
+        action_type: int | None,
+        requested_instance: str | None,
+        dataset: Dataset | None,
+        calling_ae: str,
+        association_id: str,
+    ) -> Dataset | int:
+        status, txn, refs = check_request(action_type, requested_instance, dataset)
+        if status != SUCCESS:
+            log.warning("storage commitment request refused", reason=status.ErrorComment)  # type: ignore[union-attr]
+            return status
+        new = self.state.add_commitment(
+            Commitment(
+                transaction_uid=txn,
+                calling_ae=calling_ae,
+                refs=refs,
+                requested_at=time.time(),
+                node_id=self.node_id,
+                association_id=association_id,
+            )
+        )
+        log.info("storage commitment requested", references=len(refs), repeat=not new)
+        self.wake()
+        return SUCCESS
+
+
+@dataclass
+class _Peer:
+    host: str
+    port: int
+
+
+class CommitmentReporter:
+    """The node's thread that answers pending commitments (see the module's notes)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: StateStore,
+        *,
+        open_association: Callable[[str, str], Any] | None = None,
+        metrics: Metrics | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.node_id = settings.node_id
+        #: (association id, calling AE) → an open pynetdicom association to report on, or None
+        self.open_association = open_association
+        self.metrics = metrics
+        self.lease_seconds = lease_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._expected: set[str] = set()
+        self._delivery_failures: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="commitments", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(_POLL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception as exc:  # the store is down for a moment: next poll
+                log.error(
+                    "storage commitment pass failed",
+                    error=type(exc).__name__,
+                    traceback=safe_traceback(exc),
+                )
+
+    # -- one pass -------------------------------------------------------------------------------
+    def tick(self) -> int:
+        """Answer what can be answered now; how many commitments were looked at."""
+        due = self.state.due_commitments()
+        if not due:
+            return 0
+        others_alive = {n.node_id for n in self.state.nodes() if n.alive} - {self.node_id}
+        n = 0
+        for header in due:
+            if self._stop.is_set():
+                break
+            # a live node answers its own (it may still hold the requesting association)
+            if header.node_id in others_alive:
+                continue
+            claimed = self.state.claim_commitment(
+                header.transaction_uid, self.node_id, lease_seconds=self.lease_seconds
+            )
+            if claimed is None:
+                continue
+            n += 1
+            try:
+                self._work(*claimed)
+            except LeaseLost:
+                log.warning("storage commitment taken over by another node")
+            except Exception:
+                # give it back for the next pass (or another node)
+                self.state.finish_commitment(
+                    claimed[1],
+                    state=CommitmentState.PENDING,
+                    outcome="evaluation failed",
+                    retry_at=time.time() + 1.0,
+                )
+                raise
+        return n
+
+    def _expect(self, commitment: Commitment, rows: dict[str, InstanceRecord]) -> None:
+        """Record the commitment's references as expectations of their studies (once)."""
+        txn = commitment.transaction_uid
+        if txn in self._expected or not rows:
+            return
+        by_study: dict[str, set[str]] = {}
+        for uid, rec in rows.items():
+            by_study.setdefault(rec.study_instance_uid, set()).add(uid)
+        unresolved = {r.sop_instance_uid for r in commitment.refs} - rows.keys()
+        if len(by_study) == 1 and unresolved:
+            next(iter(by_study.values())).update(unresolved)
+        for study, uids in by_study.items():
+            self.state.expect_instances(
+                study, source="commitment", source_id=txn, sop_instance_uids=uids
+            )
+        self._expected.add(txn)
+
+    def _work(self, commitment: Commitment, lease: CommitmentLease) -> None:
+        now = time.time()
+        s = self.settings
+        rows: dict[str, InstanceRecord] = {}
+        for ref in commitment.refs:
+            rec = self.state.latest_version(ref.sop_instance_uid)
+            if rec is not None:
+                rows[ref.sop_instance_uid] = rec
+        self._expect(commitment, rows)
+        timed_out = now - commitment.requested_at >= s.commitment_timeout
+        results: list[tuple[CommitmentRef, int]] = []
+        waiting = 0
+        for ref in commitment.refs:
+            code = decide(
+                ref,
+                rows.get(ref.sop_instance_uid),
+                after=s.commitment_after,
+                timed_out=timed_out,
+            )
+            if code is None:
+                waiting += 1
+            else:
+                results.append((ref, code))
+        if waiting:
+            self.state.finish_commitment(
+                lease,
+                state=CommitmentState.PENDING,
+                outcome=f"waiting for {waiting} of {len(commitment.refs)} instances",
+                retry_at=now + _WAITING_RETRY,
+            )
+            return
+        event_type, ds, failed = report_dataset(commitment.transaction_uid, results)
+        error = self._deliver(commitment, event_type, ds)
+        txn = commitment.transaction_uid
+        if error is None:
+            self.state.finish_commitment(
+                lease,
+                state=CommitmentState.REPORTED,
+                outcome="all committed" if not failed else f"{failed} failed",
+                failed=failed,
+            )
+            self._delivery_failures.pop(txn, None)
+            self._count("committed" if not failed else "failed")
+            log.info(
+                "storage commitment reported",
+                references=len(results),
+                failed=failed,
+                event_type=event_type,
+            )
+            return
+        tries = self._delivery_failures.get(txn, 0) + 1
+        self._delivery_failures[txn] = tries
+        if now - commitment.requested_at >= s.commitment_timeout + s.commitment_retry_for:
+            self.state.finish_commitment(
+                lease, state=CommitmentState.UNREPORTED, outcome=error, failed=failed
+            )
+            self._delivery_failures.pop(txn, None)
+            self._count("unreported")
+            log.error("storage commitment report given up", error=error, attempts=tries)
+            return
+        delay = min(60.0, 0.5 * 2 ** min(tries, 8))
+        self.state.finish_commitment(
+            lease, state=CommitmentState.PENDING, outcome=error, retry_at=now + delay
+        )
+        log.warning("storage commitment report not delivered, will retry", error=error, in_s=delay)
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.commitments.labels(result=result).inc()
+
+    # -- delivery -------------------------------------------------------------------------------
+    def _deliver(self, commitment: Commitment, event_type: int, ds: Dataset) -> str | None:
+        """Send the report; None when the requester took it, else why not."""
+        assoc = None
+        if self.open_association is not None:
+            mine = commitment.node_id == self.node_id
+            assoc = self.open_association(
+                commitment.association_id if mine else "", commitment.calling_ae
+            )
+        if assoc is not None:
+            try:
+                error = _send(assoc, event_type, ds)
+            except Exception as exc:  # the association went away meanwhile: a new one
+                error = f"open association: {type(exc).__name__}"
+            if error is None:
+                return None
+            log.info("report on the open association failed, calling back", error=error)
+        peer = self._peer(commitment.calling_ae)
+        if peer is None:
+            return f"no open association and no commitment_peers entry for {commitment.calling_ae}"
+        return self._call_back(peer, commitment.calling_ae, event_type, ds)
+
+    def _peer(self, calling_ae: str) -> _Peer | None:
+        address = self.settings.commitment_peers.get(calling_ae)
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        return _Peer(host.strip("[]"), int(port))
+
+    def _call_back(self, peer: _Peer, calling_ae: str, event_type: int, ds: Dataset) -> str | None:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.network_timeout
+        ae.add_requested_context(
+            STORAGE_COMMITMENT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        )
+        # we send N-EVENT-REPORTs: the SCP role of Storage Commitment, as the requester
+        role = build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
+        try:
+            assoc = ae.associate(peer.host, peer.port, ae_title=calling_ae, ext_neg=[role])
+        except Exception as exc:
+            return f"association to the peer failed: {type(exc).__name__}"
+        if not assoc.is_established:
+            return "the peer refused the association"
+        try:
+            return _send(assoc, event_type, ds)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+
+def _send(assoc: Any, event_type: int, ds: Dataset) -> str | None:
+    status, _ = assoc.send_n_event_report(
+        ds, event_type, STORAGE_COMMITMENT, STORAGE_COMMITMENT_INSTANCE
+    )
+    if status is None or "Status" not in status:
+        return "no answer to the N-EVENT-REPORT"
+    if int(status.Status) != SUCCESS:
+        return f"the peer answered the N-EVENT-REPORT with 0x{int(status.Status):04X}"
+    return None
