@@ -140,6 +140,14 @@ class Service(Construct):
             description="dicomgate node: its bucket prefix, state table, key secret, topic, spool",
         )
         self._task_policy(c, key, storage)
+        storage.spool.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="TaskRoleThroughMountTargets",
+                principals=[self.task_role],
+                actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+                conditions={"Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"}},
+            )
+        )
 
         # -- task definition ------------------------------------------------------------------
         self.task_definition = ecs.FargateTaskDefinition(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_efs as efs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -217,7 +218,23 @@ class Storage(Construct):
             performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
             throughput_mode=efs.ThroughputMode.ELASTIC,
             enable_automatic_backups=False,
-            allow_anonymous_access=False,
+            # The file system policy is written here (TLS only) and by the service (the task
+            # role, through the mount targets, no root access). True only stops CDK from adding
+            # its own statement, which would let *any* IAM principal that reaches a mount
+            # target write as root; with a policy in place, anonymous (non-IAM) mounts are
+            # refused anyway.
+            allow_anonymous_access=True,
+            file_system_policy=iam.PolicyDocument(
+                statements=[
+                    iam.PolicyStatement(
+                        sid="DenyWithoutTls",
+                        effect=iam.Effect.DENY,
+                        principals=[iam.AnyPrincipal()],
+                        actions=["*"],
+                        conditions={"Bool": {"aws:SecureTransport": "false"}},
+                    )
+                ]
+            ),
             removal_policy=removal,
         )
         acknowledge(

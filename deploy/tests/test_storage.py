@@ -274,3 +274,19 @@ def test_topics_queue_and_subscriptions(existing: Synth, default: Synth) -> None
     for policy in existing.resources("AWS::SQS::QueuePolicy").values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
         assert any(s["Effect"] == "Deny" for s in statements)
+
+
+def test_spool_file_system_policy(default: Synth) -> None:
+    """Only the task role may mount (no root access), through a mount target, over TLS."""
+    _, fs = default.one("AWS::EFS::FileSystem")
+    statements = {s["Sid"]: s for s in fs["Properties"]["FileSystemPolicy"]["Statement"]}
+    assert set(statements) == {"DenyWithoutTls", "TaskRoleThroughMountTargets"}
+    deny = statements["DenyWithoutTls"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    allow = statements["TaskRoleThroughMountTargets"]
+    assert allow["Principal"] == {
+        "AWS": {"Fn::GetAtt": [default.logical_id(default.stack.service.task_role), "Arn"]}
+    }
+    assert allow["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    assert allow["Condition"] == {"Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"}}
