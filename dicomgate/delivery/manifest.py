@@ -28,6 +28,8 @@ __all__ = [
     "Manifest",
     "ManifestInstance",
     "ManifestSeries",
+    "MissingInstance",
+    "ProcedureStep",
     "QuarantinedInstance",
     "Sha256Hex",
     "Uid",
@@ -74,6 +76,26 @@ class QuarantinedInstance(_Model):
     stage: str = Field(description="Pipeline stage that held it back (validate, deidentify...).")
     reason: str
     quarantined_at: AwareDatetime | None = None
+
+
+class MissingInstance(_Model):
+    """An instance the sender said belongs to the study (storage commitment, MPPS) that had not
+    arrived when the study was published (``expected_deadline`` or ``stable_after`` passed)."""
+
+    sop_instance_uid: Uid = Field(description="Pseudonymized SOP Instance UID.")
+    expected_by: Literal["commitment", "mpps"] | None = None
+
+
+class ProcedureStep(_Model):
+    """A Modality Performed Procedure Step that named this study."""
+
+    sop_instance_uid: Uid = Field(description="Pseudonymized MPPS SOP Instance UID.")
+    status: Literal["IN PROGRESS", "COMPLETED", "DISCONTINUED"]
+    instances: int = Field(0, ge=0, description="Instances the COMPLETED step named.")
+    discontinuation_reason: str | None = Field(
+        None, description="Code meaning (or value) of the Discontinuation Reason Code."
+    )
+    discontinuation_code: str | None = Field(None, description="'value^scheme'.")
 
 
 class ManifestSeries(_Model):
@@ -139,6 +161,13 @@ class Manifest(_Model):
     series: list[ManifestSeries]
     instances: list[ManifestInstance]
     quarantined: list[QuarantinedInstance] = Field(default_factory=list)
+    completion: Literal["commitment", "mpps", "idle"] | None = Field(
+        None,
+        description="How completeness was decided: every instance a storage commitment or "
+        "a COMPLETED MPPS named arrived (or its deadline passed), or stable_after of quiet.",
+    )
+    missing: list[MissingInstance] = Field(default_factory=list)
+    procedure_steps: list[ProcedureStep] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -172,6 +201,9 @@ class Manifest(_Model):
         last_received_at: datetime | None = None,
         node: str | None = None,
         destination: str | None = None,
+        completion: Literal["commitment", "mpps", "idle"] | None = None,
+        missing: Iterable[MissingInstance] = (),
+        procedure_steps: Iterable[ProcedureStep] = (),
     ) -> Manifest:
         """A manifest with sorted instances, derived series and counts; keys are checked."""
         ordered = sorted(instances, key=_order)
@@ -215,6 +247,9 @@ class Manifest(_Model):
             series=list(series.values()),
             instances=ordered,
             quarantined=held,
+            completion=completion,
+            missing=sorted(missing, key=lambda m: m.sop_instance_uid),
+            procedure_steps=list(procedure_steps),
         )
 
     def to_json(self) -> bytes:

@@ -43,8 +43,10 @@ from dicomgate.delivery import (
     Destination,
     Manifest,
     ManifestInstance,
+    MissingInstance,
     Notification,
     Notifier,
+    ProcedureStep,
     QuarantinedInstance,
     make_link_set,
     notify_all,
@@ -116,7 +118,11 @@ class StudyPublisher:
         for study in self.state.studies_to_report():
             uid = study.study_instance_uid
             if is_complete(
-                study, now=now, stable_after=self.settings.stable_after, in_flight=in_flight
+                study,
+                now=now,
+                stable_after=self.settings.stable_after,
+                in_flight=in_flight,
+                expected_deadline=self.settings.expected_deadline,
             ):
                 self._spawn(uid, self._publish(uid))
         owed = self.state.unnotified()
@@ -185,9 +191,15 @@ class StudyPublisher:
         )
 
     def build_manifest(
-        self, study: StudyProgress, version: int
+        self,
+        study: StudyProgress,
+        version: int,
+        *,
+        completion: str | None = None,
+        missing: Sequence[str] = (),
     ) -> tuple[Manifest, list[InstanceKey]]:
-        """Manifest ``version`` of ``study`` and the keys of the rows it reports."""
+        """Manifest ``version`` of ``study`` and the keys of the rows it reports;
+        ``completion`` and ``missing`` (original UIDs) as the publication decided them."""
         deid_study = study.deid_study_uid or self.pseudo_uid(study.study_instance_uid)
         delivered, held, keys = [], [], []
         for r in self.state.manifest_rows(study.study_instance_uid):
@@ -233,6 +245,23 @@ class StudyPublisher:
             last_received_at=_dt(study.last_received_at),
             node=self.settings.ae_title,
             destination=self.destination.url,
+            completion=completion,  # type: ignore[arg-type]
+            missing=[
+                MissingInstance(
+                    sop_instance_uid=self.pseudo_uid(uid), expected_by=study.expected_by
+                )
+                for uid in missing
+            ],
+            procedure_steps=[
+                ProcedureStep(
+                    sop_instance_uid=self.pseudo_uid(m.sop_instance_uid),
+                    status=m.status,
+                    instances=m.instances,
+                    discontinuation_reason=(m.reason[2] or m.reason[0]) if m.reason else None,
+                    discontinuation_code=f"{m.reason[0]}^{m.reason[1]}" if m.reason else None,
+                )
+                for m in self.state.mpps(study_instance_uid=study.study_instance_uid)
+            ],
         )
         return manifest, keys
 
@@ -266,18 +295,22 @@ class StudyPublisher:
             self.node_id,
             stable_after=self.settings.stable_after,
             lease_seconds=self.lease_seconds,
+            expected_deadline=self.settings.expected_deadline,
         )
         if pub is None:  # not complete after all, or another node is publishing it
             return
         async with self._held(pub):
             version = pub.version
-            manifest, keys = self.build_manifest(pub.study, version)
+            manifest, keys = self.build_manifest(
+                pub.study, version, completion=pub.completion, missing=pub.missing
+            )
             await publish_manifest(self.destination, manifest)
             for start in range(0, len(keys), MAX_BATCH):
                 self.state.mark_reported(pub, keys[start : start + MAX_BATCH])
             self.state.complete_publication(pub, manifest.study_instance_uid)
             if self._metrics is not None:
                 self._metrics.studies_delivered.inc()
+                self._metrics.completions.labels(how=pub.completion).inc()
             log.info(
                 "study delivered"
                 if manifest.counts.instances
@@ -286,6 +319,8 @@ class StudyPublisher:
                 manifest_version=version,
                 instances=manifest.counts.instances,
                 quarantined=manifest.counts.quarantined,
+                completion=pub.completion,
+                missing=len(pub.missing),
             )
             await self._notify(pub, manifest)
 
