@@ -257,6 +257,20 @@ def status(
                 f"    nothing delivered (every instance held back); reported as "
                 f"{s['deid_study']}  manifest v{s['manifest_version']}"
             )
+        if s.get("expected"):  # what the sender said (storage commitment, MPPS)
+            click.echo(
+                f"    expected {s['expected']} instances, {s['expected_received']} received"
+                + (f", {len(s['missing'])} missing" if s["missing"] else "")
+            )
+            for uid in s["missing"]:
+                click.echo(f"        missing {uid}")
+        if s.get("pending_commitments"):
+            click.echo(f"    {len(s['pending_commitments'])} storage commitments pending")
+            for txn in s["pending_commitments"]:
+                click.echo(f"        transaction {txn}")
+        for m in s.get("mpps", []):
+            reason = f" ({m['reason']})" if m.get("reason") else ""
+            click.echo(f"    procedure step {m['instance']}  {m['status']}{reason}")
         for rule, count in s["quarantined_by_rule"].items():
             click.echo(f"    {rule}: {count} quarantined")
             for q in s["quarantined"]:

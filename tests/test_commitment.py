@@ -4,6 +4,7 @@ restart, failures with their reasons, and the N-ACTION's own checks."""
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -263,3 +264,28 @@ def test_handlers_stay_thin_under_concurrent_stores(tmp_path: Path) -> None:
         t.join(30)
         assert status == 0 and report is not None and report[0] == 1
         assert done == [[0, 0]]
+
+
+def test_status_shows_expected_and_pending(tmp_path: Path) -> None:
+    """``dicomgate status STUDY``: expected vs received counts and the pending commitment."""
+    from click.testing import CliRunner
+
+    from dicomgate.cli import main
+
+    paths = write_tiny_study(tmp_path / "in", 3)
+    study = str(dcmread(paths[0]).StudyInstanceUID)
+    data = tmp_path / "node"
+    with start_node(data) as h:
+        assert send_files(h.host, h.port, paths[:2], aet="REQUESTER") == [0, 0]
+        txn, ds = _request(paths)  # names the third, never sent
+        assert _n_action(h, ds)[0] == 0
+        state = h.node.state
+        assert state is not None
+        assert wait_for(lambda: state.expectations(study) != [])
+    out = CliRunner().invoke(main, ["status", study, "--data-dir", str(data)])
+    assert out.exit_code == 0, out.output
+    assert "expected 3 instances, 2 received, 1 missing" in out.output
+    assert "1 storage commitments pending" in out.output and txn in out.output
+    as_json = CliRunner().invoke(main, ["status", study, "--json", "--data-dir", str(data)])
+    [s] = json.loads(as_json.output)["studies"]
+    assert (s["expected"], s["expected_received"], s["pending_commitments"]) == (3, 2, [txn])
