@@ -79,6 +79,9 @@ class HeaderUIDs:
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax_uid: str
+    #: what identifies the patient (``id:<Patient ID>``, else ``name:<Patient's Name>``), read
+    #: raw: the audit trail names the patient by its pseudonym, never by this
+    patient_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,18 @@ def _text(ds: Dataset, tag: int) -> str | None:
     if value is None:
         return None
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _patient_key(ds: Dataset) -> str | None:
+    """The patient as :func:`dicomgate.deid.patient_key` names it (Patient ID, else Patient's
+    Name), from the raw values: no pydicom conversion, whose warnings could quote them. Equal to
+    the engine's for ASCII values."""
+    for tag, prefix in ((0x00100020, "id:"), (0x00100010, "name:")):
+        value = _text(ds, tag)
+        text = value.replace("\x00", " ").strip() if value is not None else ""
+        if text or prefix == "name:":
+            return prefix + text
+    return None
 
 
 def _uid(ds: Dataset, tag: int) -> str | None:
@@ -358,6 +373,7 @@ def check_header(
                 return refused
             # (inside the ``with``: an oversized value was deferred and is read from ``fp``)
             uids = {kw: _uid(ds, tag) for kw, tag in _UIDS.items()}
+            patient = _patient_key(ds)
     except Exception as exc:  # pydicom raises many kinds on garbage; none may escape
         return Refusal(Status.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {type(exc).__name__}")
 
@@ -391,4 +407,5 @@ def check_header(
         study_instance_uid=uids["StudyInstanceUID"] or "",
         series_instance_uid=uids["SeriesInstanceUID"] or "",
         transfer_syntax_uid=transfer_syntax,
+        patient_key=patient,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from dicomgate.config import (
 )
 
 if TYPE_CHECKING:  # the store's modules are imported by the commands that need them
+    from dicomgate.audit import AuditTrail
     from dicomgate.state import StateStore
 
 __all__ = ["main"]
@@ -190,6 +193,27 @@ def state_migrate(config_file: Path | None, data_dir: Path | None) -> None:
     click.echo(f"state store migrated: {rows} instances kept")
 
 
+@contextlib.contextmanager
+def _audit_trail(settings: Settings) -> Iterator[AuditTrail]:
+    """The node's audit file for a one-shot command (each message fsync'd; the node's sender
+    forwards it); the null trail, with a warning, when it cannot be used."""
+    from dicomgate.audit import NULL_TRAIL, trail_for
+    from dicomgate.pseudonym import Pseudonymizer, secret_key_for
+
+    trail = NULL_TRAIL
+    try:
+        if settings.audit_enabled:
+            pseudonymizer = Pseudonymizer(secret_key_for(settings).value)
+            trail = trail_for(settings, pseudonymizer, background=False).open()
+    except (OSError, ValueError) as exc:
+        click.echo(f"dicomgate: warning: audit trail unavailable ({type(exc).__name__})", err=True)
+        trail = NULL_TRAIL
+    try:
+        yield trail
+    finally:
+        trail.close()
+
+
 def _open_store(settings: Settings) -> StateStore:
     """The node's state store, read-only; exits with a message when there is none."""
     from dicomgate.state import StateError, open_state
@@ -323,11 +347,27 @@ def links(
 
     settings = settings_or_exit(config_file, data_dir=data_dir, destination=destination)
     with _open_store(settings) as store:
-        try:
-            link_set = asyncio.run(reissue_links(settings, store, study, expires_in=expires_in))
-        except (StudyNotDeliveredError, DeliveryError) as exc:
-            click.echo(f"dicomgate: {exc}", err=True)
-            sys.exit(1)
+        record = store.study(study)
+        what = f"links expires={expires_in or settings.link_expiry}"
+        with _audit_trail(settings) as trail:
+            try:
+                link_set = asyncio.run(reissue_links(settings, store, study, expires_in=expires_in))
+            except (StudyNotDeliveredError, DeliveryError) as exc:
+                trail.query(
+                    study=study,
+                    study_uid=record.study_instance_uid if record is not None else None,
+                    what=what,
+                    outcome="4",
+                    description=type(exc).__name__,
+                )
+                click.echo(f"dicomgate: {exc}", err=True)
+                sys.exit(1)
+            trail.query(
+                study=study,
+                study_uid=record.study_instance_uid if record is not None else None,
+                what=what,
+                description=f"links to manifest v{link_set.manifest_version} issued",
+            )
     if as_json:
         click.echo(link_set.model_dump_json(indent=2))
         return

@@ -357,6 +357,44 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="Seconds between EMF flushes (one more at stop)."
     )
 
+    # -- audit trail (PS3.15 A.5 audit messages; IHE ATNA) ----------------------------------------
+    audit_enabled: bool = Field(
+        True, description="Write DICOM audit messages (see dicomgate.audit)."
+    )
+    audit_file: Path | None = Field(
+        None,
+        description="The local audit file (one XML message per line); unset: "
+        "<data_dir>/audit/audit.log.",
+    )
+    audit_identifiers: Literal["pseudonymized", "original"] = Field(
+        "pseudonymized",
+        description="How audit messages name studies and patients: the pseudonymized "
+        "identifiers the partner receives, or the original ones (only for an audit repository "
+        "inside the hospital). Never a patient's name.",
+    )
+    audit_syslog_url: str | None = Field(
+        None,
+        description="tls://host[:port] of the audit repository (RFC 5425 syslog over TLS, "
+        "port 6514 by default); unset: the local file only.",
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates the repository's certificate is checked "
+        "against (unset: the system's).",
+    )
+    audit_syslog_cert_file: Path | None = Field(
+        None, description="PEM client certificate (chain) for the repository, if it asks."
+    )
+    audit_syslog_key_file: Path | None = Field(
+        None, description="Its private key (unset: in the certificate file)."
+    )
+    audit_source_id: str | None = Field(
+        None, description="AuditSourceID of the messages; unset: <ae_title>@<host name>."
+    )
+    audit_enterprise_site_id: str | None = Field(
+        None, description="AuditEnterpriseSiteID of the messages (the site), if set."
+    )
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
@@ -395,6 +433,15 @@ class Settings(BaseSettings):
         if value != 0 and value < 4096:
             raise ValueError("max_pdu_size must be 0 (unlimited) or at least 4096")
         return value
+
+    @field_validator("audit_syslog_url")
+    @classmethod
+    def _audit_syslog_url(cls, value: str | None) -> str | None:
+        if value:
+            from dicomgate.audit._syslog import parse_syslog_url
+
+            parse_syslog_url(value)
+        return value or None
 
     @field_validator("destination")
     @classmethod

@@ -17,6 +17,7 @@ Order of work for one instance (promise 1 — no acknowledged instance is lost):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import threading
 import zlib
@@ -63,6 +64,8 @@ class StoreOutcome:
     reason: str | None = None
     record: InstanceRecord | None = None
     duplicate: bool = False
+    #: the patient (``HeaderUIDs.patient_key``) for the audit trail; never logged
+    patient_key: str | None = None
 
 
 class Ingest:
@@ -139,6 +142,7 @@ class Ingest:
         with self._stripe(checked.sop_instance_uid):
             try:
                 outcome = self._store_checked(req, checked, size)
+                outcome = dataclasses.replace(outcome, patient_key=checked.patient_key)
             except SpoolFullError:
                 return self._refuse(
                     req, Refusal(Status.OUT_OF_RESOURCES, "no space left on the spool filesystem")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from typing import Any
 from dicomgate import __version__
 from dicomgate._logging import get_logger
 from dicomgate._tracebacks import safe_traceback
+from dicomgate.audit import NULL_TRAIL, AuditTrail
 from dicomgate.config import DeidOption, Settings
 from dicomgate.delivery import (
     DeidInfo,
@@ -52,6 +54,7 @@ from dicomgate.delivery import (
     notify_all,
     publish_manifest,
 )
+from dicomgate.delivery.destination import public_url
 from dicomgate.delivery.reissue import load_manifest
 from dicomgate.ops.metrics import Metrics
 from dicomgate.pipeline._retry import backoff
@@ -84,11 +87,24 @@ class NotificationNotDelivered(Exception):  # noqa: N818 - an outcome, carried t
     code = "notification-not-delivered"
 
 
+def audit_partners(settings: Settings) -> list[str]:
+    """Who a manifest goes to, for the audit trail: the notification targets (without
+    credentials or query strings); empty when only the log hears of it."""
+    targets = [public_url(settings.notify_webhook_url)] if settings.notify_webhook_url else []
+    return [
+        *targets,
+        *filter(None, [settings.notify_sns_topic_arn, settings.notify_sqs_queue_url]),
+    ]
+
+
 def _dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
 class StudyPublisher:
+    #: the node's audit trail: each published manifest is an export (PS3.15 A.5)
+    audit: AuditTrail = NULL_TRAIL
+
     def __init__(
         self,
         settings: Settings,
@@ -304,10 +320,28 @@ class StudyPublisher:
             manifest, keys = self.build_manifest(
                 pub.study, version, completion=pub.completion, missing=pub.missing
             )
+            partners = audit_partners(self.settings)
+            if manifest.counts.instances:
+                await asyncio.to_thread(
+                    self.audit.begin_export,
+                    study_uid=study_instance_uid,
+                    destination=public_url(self.destination.url),
+                    partners=partners,
+                )
             await publish_manifest(self.destination, manifest)
             for start in range(0, len(keys), MAX_BATCH):
                 self.state.mark_reported(pub, keys[start : start + MAX_BATCH])
             self.state.complete_publication(pub, manifest.study_instance_uid)
+            if manifest.counts.instances:
+                await asyncio.to_thread(
+                    self.audit.exported,
+                    study_uid=study_instance_uid,
+                    sop_classes=Counter(i.sop_class_uid for i in manifest.instances),
+                    destination=public_url(self.destination.url),
+                    partners=partners,
+                    manifest_version=version,
+                    quarantined=manifest.counts.quarantined,
+                )
             if self._metrics is not None:
                 self._metrics.studies_delivered.inc()
                 self._metrics.completions.labels(how=pub.completion).inc()

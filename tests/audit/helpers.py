@@ -1,0 +1,246 @@
+"""Audit test helpers: the schema, certificates, and a syslog-over-TLS receiver (RFC 5425)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from lxml import etree
+
+from dicomgate.audit import schema_path
+
+_SCHEMA: etree.RelaxNG | None = None
+
+
+def schema() -> etree.RelaxNG:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = etree.RelaxNG(etree.parse(str(schema_path())))
+    return _SCHEMA
+
+
+def assert_valid(xml: str | bytes) -> etree._Element:
+    """Parse one audit message and validate it against the PS3.15 A.5.1 schema."""
+    doc = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    rng = schema()
+    assert rng.validate(doc), f"{rng.error_log}\n{xml!r}"
+    return doc
+
+
+def audit_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text("utf-8").splitlines() if line]
+
+
+def event_id(doc: etree._Element) -> str:
+    return str(doc.find("EventIdentification/EventID").get("csd-code"))
+
+
+# -- certificates ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pki:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(directory: Path) -> Pki:
+    """A CA and a server certificate for 127.0.0.1 / localhost, signed by it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("dicomgate test audit CA"))
+        .issuer_name(_name("dicomgate test audit CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("audit.test"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pki.key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pki
+
+
+# -- the receiver ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyslogFrame:
+    """One received syslog message, split per RFC 5424 (structured data "-" assumed)."""
+
+    raw: bytes
+
+    @property
+    def fields(self) -> list[bytes]:
+        # PRI+VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG
+        return self.raw.split(b" ", 7)
+
+    @property
+    def header(self) -> list[str]:
+        return [f.decode() for f in self.fields[:7]]
+
+    @property
+    def msg(self) -> str:
+        return self.fields[7].decode("utf-8")
+
+
+class SyslogReceiver:
+    """An RFC 5425 receiver on 127.0.0.1: TLS, octet-counted frames. ``stop()`` closes the
+    listener and every connection (as a repository going down); ``start()`` again listens on
+    the same port."""
+
+    def __init__(self, pki: Pki, port: int = 0) -> None:
+        self.pki = pki
+        self.port = port
+        self.frames: list[SyslogFrame] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._running = False
+
+    def start(self) -> SyslogReceiver:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(self.pki.cert_file), str(self.pki.key_file))
+        self._ctx = ctx
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(8)
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        self._running = True
+        t = threading.Thread(target=self._accept, args=(sock,), daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"tls://127.0.0.1:{self.port}"
+
+    def _accept(self, sock: socket.socket) -> None:
+        while self._running:
+            try:
+                raw, _ = sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(raw,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            conn = self._ctx.wrap_socket(raw, server_side=True)
+        except OSError as exc:
+            self.errors.append(f"handshake: {exc}")
+            raw.close()
+            return
+        with self._lock:
+            self._conns.append(conn)
+        buf = b""
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while True:
+                    space = buf.find(b" ")
+                    if space < 0:
+                        break
+                    length = int(buf[:space])
+                    if len(buf) < space + 1 + length:
+                        break
+                    with self._lock:
+                        self.frames.append(SyslogFrame(buf[space + 1 : space + 1 + length]))
+                    buf = buf[space + 1 + length :]
+        except (OSError, ValueError):
+            return
+        finally:
+            conn.close()
+
+    def messages(self) -> list[str]:
+        with self._lock:
+            return [f.msg for f in self.frames]
+
+    def stop(self) -> None:
+        self._running = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        self._threads = []
