@@ -31,6 +31,10 @@ from dicomgate import __version__
 from dicomgate._host import HostActivity
 from dicomgate._logging import configure_logging, get_logger
 from dicomgate._tracebacks import safe_traceback
+from dicomgate.audit import NULL_TRAIL, AuditTrail
+from dicomgate.audit import current as current_audit
+from dicomgate.audit import install as install_audit
+from dicomgate.audit import trail_for as audit_trail_for
 from dicomgate.commitment import CommitmentReporter, CommitmentService
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
@@ -169,6 +173,8 @@ class Node:
         self._node_lock_fd: int | None = None
         self.ops: OpsServer | None = None
         self.emf: EmfEmitter | None = None  # metrics_emf: CloudWatch EMF lines on stdout
+        self.audit: AuditTrail = NULL_TRAIL  # PS3.15 A.5 audit messages (dicomgate.audit)
+        self._audit_started = False
 
     def _load_key(self) -> SecretKey:
         s = self.settings
@@ -344,6 +350,7 @@ class Node:
         except (OSError, sqlite3.Error, StateError) as exc:
             raise _data_dir_error(self.settings, exc) from None
         self._join(self.state)
+        self._open_audit()
         self.reconcile_report = reconcile(
             self.spool, self.state, node_id=self.settings.node_id, dead=self._dead_spools()
         )
@@ -371,6 +378,7 @@ class Node:
                 # one de-identification process per host keeps going while receiving
                 deid_while_busy=1 if self.host is None or self.host.index == 0 else 0,
             )
+            self.pipeline.publisher.audit = self.audit
             self.loop_thread.run(self.pipeline.start())
         _receive_into(str(self.spool.incoming))
         ingest = Ingest(
@@ -396,6 +404,10 @@ class Node:
             commitments=CommitmentService(self.state, self.settings.node_id, self.commitments.wake),
             mpps=MppsService(self.state, self.metrics),
         )
+        self.scp.audit = self.audit
+        gate = getattr(self.scp, "gate", None)  # security events: TLS, rejections
+        if gate is not None:
+            gate.on_event = self.audit.on_security_event
         s = self.settings
         try:
             address = self.scp.start()
@@ -416,7 +428,24 @@ class Node:
         )
         self._heart.start()
         self._announce(address)
+        self.audit.application_start()
+        self._audit_started = True
         return address
+
+    def _open_audit(self) -> None:
+        """The audit trail (local file, optional syslog sender); a file that cannot be
+        opened stops start-up, naming the setting."""
+        s = self.settings
+        trail = audit_trail_for(s, self.pseudonymizer)
+        try:
+            self.audit = trail.open()
+        except OSError as exc:
+            why = (exc.strerror or type(exc).__name__).lower()
+            raise StartupError(
+                f"cannot write the audit file {trail.path.absolute()} "
+                f"(DICOMGATE_AUDIT_FILE, DICOMGATE_DATA_DIR): {why}"
+            ) from None
+        install_audit(self.audit)
 
     def _report_association(self, assoc_id: str, calling_ae: str) -> object:
         scp = self.scp
@@ -509,6 +538,14 @@ class Node:
         if self.emf is not None:
             self.emf.stop()
             self.emf = None
+        # 2c. the audit trail's last message; its sender gets a moment to deliver the queue
+        if self.audit.enabled:
+            if self._audit_started:
+                self.audit.application_stop()
+            self.audit.close()
+            if current_audit() is self.audit:
+                install_audit(NULL_TRAIL)
+            self.audit, self._audit_started = NULL_TRAIL, False
         # 3. leave the store (nothing of this node's is held any more), close it, and let the
         # next node have the data directory
         self._stop_beating.set()

@@ -41,6 +41,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomgate._logging import get_logger
+from dicomgate.audit import NULL_TRAIL, AuditTrail, StudyTally
 from dicomgate.commitment import STORAGE_COMMITMENT, CommitmentService
 from dicomgate.config import Settings
 from dicomgate.ingest import Ingest, StoreRequest
@@ -97,6 +98,8 @@ class AssociationInfo:
     closed: bool = False
     #: the pynetdicom association (a storage commitment report may go back on it)
     assoc: Any = None
+    #: instances received per study (original Study Instance UID), for the audit trail
+    received: dict[str, StudyTally] = field(default_factory=dict)
 
 
 class _Server(ThreadedAssociationServer):
@@ -118,6 +121,9 @@ class _SharedPortServer(_Server):
 
 class StoreSCP:
     """Owns the AE, the listening server and the registry of open associations."""
+
+    #: the node's audit trail (PS3.15 A.5 messages); the node sets it before :meth:`start`
+    audit: AuditTrail = NULL_TRAIL
 
     def __init__(
         self,
@@ -374,6 +380,21 @@ class StoreSCP:
                 return assoc
         return None
 
+    def tally(
+        self, info: AssociationInfo, study_uid: str, sop_class_uid: str, patient_key: str | None
+    ) -> tuple[bool, bool]:
+        """Count a received instance for the audit trail: (first of its study on this
+        association, association already ended — its end message is written, so this one
+        instance gets its own)."""
+        with self._lock:
+            first = study_uid not in info.received
+            info.received.setdefault(study_uid, StudyTally()).add(sop_class_uid, patient_key)
+            return first, info.closed
+
+    def received_so_far(self, info: AssociationInfo) -> dict[str, StudyTally]:
+        with self._lock:
+            return dict(info.received)
+
     def busy(self) -> bool:
         """Whether any association is open (cheap; polled by the pipeline)."""
         with self._lock:
@@ -438,6 +459,13 @@ def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
         _discard_partial_dataset(event.assoc)
     info = scp.forget(event.assoc)
     if info is not None:
+        scp.audit.received(
+            calling_ae=info.calling_ae,
+            peer=info.peer,
+            studies=scp.received_so_far(info),
+            how=how,
+            refused=info.refused,
+        )
         log.info(
             "association ended",
             how=how,
@@ -509,6 +537,31 @@ def _handle_n_set(event: Any, scp: StoreSCP) -> tuple[Any, None]:
     return service.set(instance_uid=str(uid) if uid else None, ds=ds), None
 
 
+def _audit_store(
+    scp: StoreSCP, info: AssociationInfo, study_uid: str, patient_key: str | None, req: Any
+) -> None:
+    """Count the instance for the association's audit messages; the first of a study begins
+    a transfer (110102); one stored after its association ended is reported on its own."""
+    sop_class = str(req.AffectedSOPClassUID)
+    first, late = scp.tally(info, study_uid, sop_class, patient_key)
+    if late:
+        tally = StudyTally(patient_key=patient_key)
+        tally.add(sop_class)
+        scp.audit.received(
+            calling_ae=info.calling_ae,
+            peer=info.peer,
+            studies={study_uid: tally},
+            how="connection closed",
+        )
+    elif first:
+        scp.audit.begin_receiving(
+            calling_ae=info.calling_ae,
+            peer=info.peer,
+            study_uid=study_uid,
+            tally=StudyTally(patient_key=patient_key),
+        )
+
+
 def _handle_store(event: Any, scp: StoreSCP) -> int:
     started = time.perf_counter()
     info = scp.info(event.assoc)
@@ -527,6 +580,7 @@ def _handle_store(event: Any, scp: StoreSCP) -> int:
         info.stored += 1
         if outcome.record is not None:
             scp.add_study(info, outcome.record.study_instance_uid)
+            _audit_store(scp, info, outcome.record.study_instance_uid, outcome.patient_key, req)
     else:
         info.refused += 1
     if scp.metrics is not None:
