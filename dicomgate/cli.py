@@ -118,20 +118,84 @@ def serve(config_file: Path | None, **flags: Any) -> None:
 )
 @click.option("--aec", help="The called AE title [the ae_title setting: DICOMGATE].")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+@click.option("--tls", is_flag=True, help="DICOM TLS (the node's tls_port, 2762 by default).")
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --tls: CA certificates (PEM) that issued the node's certificate [system CAs].",
+)
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --tls: our client certificate chain (PEM), for a node with mutual TLS.",
+)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="With --tls: the private key of --cert (PEM).",
+)
+@click.option(
+    "--server-name",
+    help="With --tls: the name the node's certificate must carry [HOST].",
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="With --tls: do not check the node's certificate (a health check of the node itself "
+    "over loopback; never across a network).",
+)
 @_config_option
 def echo(
-    host: str, port: int, aet: str, aec: str | None, timeout: float, config_file: Path | None
+    host: str,
+    port: int,
+    aet: str,
+    aec: str | None,
+    timeout: float,
+    tls: bool,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    server_name: str | None,
+    no_verify: bool,
+    config_file: Path | None,
 ) -> None:
     """Send a C-ECHO; exit status 0 on success, 1 otherwise (for health checks).
 
     The defaults come from the node's settings (--config, DICOMGATE_* variables), so a health
-    check run beside the node addresses it by its own AE title.
+    check run beside the node addresses it by its own AE title. --tls speaks DICOM TLS (a
+    TLS-only node); --cert/--key present a client certificate (a node with tls_ca_file).
     """
+    import ssl
+
     from dicomgate.scp import echo as send_echo
+    from dicomgate.scp._tls import client_context
 
     settings = settings_or_exit(config_file)
     called = aec or settings.ae_title
-    ok, message = send_echo(host, port, calling_ae=aet, called_ae=called, timeout=timeout)
+    context = None
+    if (ca or cert or key or server_name or no_verify) and not tls:
+        click.echo(
+            "dicomgate: --ca, --cert, --key, --server-name and --no-verify need --tls", err=True
+        )
+        sys.exit(2)
+    if (cert is None) != (key is None):
+        click.echo("dicomgate: --cert and --key go together", err=True)
+        sys.exit(2)
+    if tls:
+        try:
+            context = client_context(ca_file=ca, cert_file=cert, key_file=key, verify=not no_verify)
+        except (OSError, ssl.SSLError) as exc:
+            click.echo(f"dicomgate: cannot use the TLS files: {exc}", err=True)
+            sys.exit(2)
+    ok, message = send_echo(
+        host,
+        port,
+        calling_ae=aet,
+        called_ae=called,
+        timeout=timeout,
+        tls=context,
+        server_name=server_name,
+    )
     click.echo(message, err=not ok)
     allowed = settings.allowed_calling_ae_titles
     if not ok and allowed and aet.strip() not in allowed:

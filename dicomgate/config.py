@@ -150,7 +150,49 @@ class Settings(BaseSettings):
     allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list, description="Peer networks (CIDR) allowed to connect (empty: any)."
     )
-    max_associations: int = Field(16, ge=1, le=1024)
+    max_associations: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Established associations at once, both listeners together (then "
+        "A-ASSOCIATE-RJ transient, local limit exceeded). Connections still negotiating do "
+        "not count: max_pending_connections bounds them.",
+    )
+    max_pending_connections: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Connections not yet associated (TCP or TLS handshake, waiting for the "
+        "A-ASSOCIATE-RQ), both listeners together; further connections are closed at once. "
+        "Each is cut after acse_timeout.",
+    )
+    # -- DICOM TLS (PS3.15 Annex B; issue 12) ---------------------------------------------------
+    plaintext: bool = Field(
+        True, description="Open the plaintext DICOM listener (port); false: TLS only."
+    )
+    tls_port: int = Field(
+        2762,
+        ge=0,
+        le=65535,
+        description="DICOM TLS port, opened when tls_cert_file and tls_key_file are set "
+        "(0: pick a free one).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain of the TLS listener (leaf first)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates: set, clients must present a certificate they issued "
+        "(mutual TLS).",
+    )
+    tls_ae_subjects: dict[str, str] = Field(
+        default_factory=dict,
+        description="Calling AE title -> the certificate subject it must present: a CN, or a "
+        "full subject such as 'CN=ct1,O=Hospital' (JSON object). A bound AE title is refused "
+        "on the plaintext listener and with another certificate (A-ASSOCIATE-RJ reason 3). "
+        "Needs tls_ca_file.",
+    )
     max_pdu_size: int = Field(
         1_048_576,
         ge=0,
@@ -348,6 +390,19 @@ class Settings(BaseSettings):
     ops_host: str = Field("127.0.0.1", description="Address of the health/metrics HTTP endpoint.")
     ops_port: int = Field(8080, ge=0, le=65535, description="Its TCP port (0: any free port).")
     ops_enabled: bool = Field(True, description="Serve /healthz, /readyz, /metrics, /studies.")
+    ops_max_connections: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Ops HTTP requests served at once; a connection over it gets 503 at once.",
+    )
+    ops_request_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Seconds an ops HTTP connection has in all to send its request and read "
+        "the answer (a slow client is cut then).",
+    )
     metrics_emf: bool = Field(
         False,
         description="Also write the metrics to stdout as CloudWatch Embedded Metric Format "
@@ -405,6 +460,16 @@ class Settings(BaseSettings):
     def _calling(cls, value: list[str]) -> list[str]:
         return [_check_ae_title(v, "allowed_calling_ae_titles") for v in value]
 
+    @field_validator("tls_ae_subjects")
+    @classmethod
+    def _ae_subjects(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for ae, subject in value.items():
+            if not subject.strip():
+                raise ValueError(f"tls_ae_subjects[{ae!r}] is empty: expected a CN or a subject")
+            out[_check_ae_title(ae.strip(), "tls_ae_subjects")] = subject.strip()
+        return out
+
     @field_validator("commitment_peers")
     @classmethod
     def _peers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -459,6 +524,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            missing = "TLS_KEY_FILE" if self.tls_key_file is None else "TLS_CERT_FILE"
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE go together: "
+                f"set {ENV_PREFIX}{missing} too"
+            )
+        if not self.plaintext and not self.tls_enabled:
+            raise ValueError(
+                f"{ENV_PREFIX}PLAINTEXT=false needs the TLS listener: set "
+                f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE"
+            )
+        if (self.tls_ca_file is not None or self.tls_ae_subjects) and not self.tls_enabled:
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_CA_FILE and {ENV_PREFIX}TLS_AE_SUBJECTS need the TLS listener: "
+                f"set {ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE"
+            )
+        if self.tls_ae_subjects and self.tls_ca_file is None:
+            raise ValueError(
+                f"{ENV_PREFIX}TLS_AE_SUBJECTS needs client certificates: "
+                f"set {ENV_PREFIX}TLS_CA_FILE"
+            )
         if self.s3_sse == "aws:kms" and not self.s3_kms_key_id:
             raise ValueError(
                 f"{ENV_PREFIX}S3_KMS_KEY_ID is required when {ENV_PREFIX}S3_SSE is 'aws:kms'"
@@ -466,6 +552,11 @@ class Settings(BaseSettings):
         return self
 
     # -- derived paths ----------------------------------------------------------------------------
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the DICOM TLS listener is opened (certificate and key are set)."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
     @property
     def effective_burned_in_policy(self) -> Literal["clean", "quarantine", "allow"]:
         return "allow" if self.allow_burned_in_annotation else self.burned_in_policy

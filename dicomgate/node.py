@@ -412,9 +412,15 @@ class Node:
         try:
             address = self.scp.start()
         except OSError as exc:
+            if getattr(exc, "listener", None) == "dicom-tls":
+                raise _bind_error(
+                    "DICOM TLS", s.host, s.tls_port, "DICOMGATE_HOST / DICOMGATE_TLS_PORT", exc
+                ) from None
             raise _bind_error(
                 "DICOM", s.host, s.port, "--host / --port, DICOMGATE_HOST / DICOMGATE_PORT", exc
             ) from None
+        except ValueError as exc:  # TlsConfigError: names the file and the setting
+            raise StartupError(str(exc)) from None
         if self.ops is not None:
             self._start_ops()
         if s.metrics_emf:
@@ -447,6 +453,12 @@ class Node:
             ) from None
         install_audit(self.audit)
 
+    def reload_tls(self) -> bool:
+        """SIGHUP: read the TLS certificate, key and CA files again. New connections get
+        them; open associations keep the certificate they were accepted with. False (and the
+        old certificate stays) when there is no TLS listener or a file cannot be used."""
+        return self.scp.reload_tls() if self.scp is not None else False
+
     def _report_association(self, assoc_id: str, calling_ae: str) -> object:
         scp = self.scp
         return scp.report_association(assoc_id, calling_ae) if scp is not None else None
@@ -455,10 +467,14 @@ class Node:
         """The one line that says what this node is, for whoever reads the log first."""
         s = self.settings
         ops = _address(*self.ops.address) if self.ops is not None else "disabled"
+        scp = self.scp
+        plain = scp.plaintext_address if scp is not None else address
+        tls = scp.tls_address if scp is not None else None
         fields: dict[str, object] = {
             "version": __version__,
             "node_id": s.node_id,
-            "listen": _address(*address),
+            "listen": _address(*plain) if plain is not None else "disabled (TLS only)",
+            "tls_listen": _address(*tls) if tls is not None else "disabled",
             "ae_title": s.ae_title,
             "ops": ops,
             "data_dir": str(s.data_dir.absolute()),
@@ -487,6 +503,8 @@ class Node:
                 metrics=self.metrics,
                 ready=ready,
                 studies=self.state.status_report,
+                max_connections=s.ops_max_connections,
+                request_timeout=s.ops_request_timeout,
             )
         except OSError as exc:
             raise _bind_error(
@@ -588,6 +606,15 @@ def run_node(
     )
     for warning in warnings:
         log.warning(warning)
+    wake = threading.Event()  # a signal arrived: the main loop looks at once
+    reload = threading.Event()  # SIGHUP: reload the TLS certificates
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reload.set()  # the main loop reloads (a handler must not take locks or do I/O)
+        wake.set()
+
+    # installed before the node starts: a SIGHUP sent on "node started" must not kill it
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         node = Node(settings, pipeline_workers=pipeline_workers, host=host)
         node.start()
@@ -615,12 +642,18 @@ def run_node(
             os._exit(1)
         log.info("shutting down", signal=signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     # a worker leaves SIGINT (Ctrl-C reaches the whole process group) to its supervisor
     signal.signal(signal.SIGINT, signal.SIG_IGN if worker else on_signal)
-    while not stop.wait(0.5):
-        pass
+    while not stop.is_set():
+        wake.wait(0.5)
+        wake.clear()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            log.info("reloading tls certificates", signal="SIGHUP")
+            node.reload_tls()
     node.stop()
     log.info("stopped")
     return 0

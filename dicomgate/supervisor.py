@@ -12,14 +12,16 @@ The supervisor (this process) only keeps them running, in order:
 1. it makes sure the pseudonymization key exists before any worker starts (two workers
    generating one at once would end with two keys);
 2. it reserves the port — binds it with ``SO_REUSEPORT`` without listening, so ``--port 0``
-   gives every worker the same port and a port held by another program fails here, once;
+   gives every worker the same port and a port held by another program fails here, once
+   (the DICOM TLS port the same way, when TLS is configured);
 3. it starts the workers (spawned processes; worker *i* gets ops port ``ops_port + i`` and
    ``cores / N`` de-identification processes);
 4. a worker that fails to start at the first start stops everything (exit 2: it logged why);
    one that dies later is restarted with back-off under the same node id, so it takes its own
    claims back at once and its acknowledged instances are carried on;
 5. SIGTERM or SIGINT is forwarded as SIGTERM, each worker drains in the node's order; a second
-   signal escalates to SIGKILL (acknowledged instances are durable already).
+   signal escalates to SIGKILL (acknowledged instances are durable already). SIGHUP is
+   forwarded as it is (each worker reloads its TLS certificates).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def _worker_main(
     """A worker process: one node (``run_node(worker=True)``), dies with the supervisor.
     ``started[host.index]`` becomes 1 once it serves (shared memory: no semaphore to leak)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor forwards SIGTERM
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run_node reloads on it
     # stopped before it serves (the supervisor is shutting down): exit quietly, nothing held
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     die_with_parent()
@@ -108,14 +111,15 @@ class _Worker:
     restart_at: float | None = None
 
 
-def _reserve_port(settings: Settings) -> socket.socket:
-    """Bind the DICOM port with SO_REUSEPORT (not listening: connections go to workers only)."""
+def _reserve_port(settings: Settings, port: int | None = None) -> socket.socket:
+    """Bind a DICOM port (``settings.port`` unless given) with SO_REUSEPORT (not listening:
+    connections go to workers only)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock.bind((settings.host, settings.port if port is None else port))
     except OSError:
         sock.close()
         raise
@@ -130,18 +134,29 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
     except (OSError, ValueError) as exc:
         log.error("cannot start", error=f"secret key: {getattr(exc, 'strerror', None) or exc}")
         return 2
-    try:
-        reservation = _reserve_port(settings)  # 2.
-    except OSError as exc:
-        why = (exc.strerror or type(exc).__name__).lower()
-        log.error(
-            "cannot start",
-            error=f"cannot listen for DICOM on {settings.host}:{settings.port} "
-            f"(--host / --port, DICOMGATE_HOST / DICOMGATE_PORT): {why}",
-        )
-        return 2
-    port = reservation.getsockname()[1]
-    shared = settings.model_copy(update={"port": port})
+    reservations: list[socket.socket] = []
+    update: dict[str, int] = {}
+    wanted: list[tuple[str, str, str]] = []
+    if settings.plaintext:
+        wanted.append(("port", "DICOM", "--host / --port, DICOMGATE_HOST / DICOMGATE_PORT"))
+    if settings.tls_enabled:
+        wanted.append(("tls_port", "DICOM TLS", "DICOMGATE_HOST / DICOMGATE_TLS_PORT"))
+    for name, what, setting in wanted:  # 2.
+        port = getattr(settings, name)
+        try:
+            reservations.append(_reserve_port(settings, port))
+        except OSError as exc:
+            for held in reservations:
+                held.close()
+            why = (exc.strerror or type(exc).__name__).lower()
+            log.error(
+                "cannot start",
+                error=f"cannot listen for {what} on {settings.host}:{port} ({setting}): {why}",
+            )
+            return 2
+        update[name] = reservations[-1].getsockname()[1]
+    port = update.get("port", settings.port)
+    shared = settings.model_copy(update=update)
     per_node = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     pool = [_Worker(i, worker_settings(shared, i)) for i in range(workers)]
@@ -169,9 +184,21 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
         signals += 1
         stopping.set()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        for w in pool:  # each worker reloads its TLS certificates
+            if w.process is not None and w.process.is_alive() and w.process.pid:
+                os.kill(w.process.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("starting workers", workers=workers, port=port, node_id=settings.node_id)
+    signal.signal(signal.SIGHUP, on_hangup)
+    log.info(
+        "starting workers",
+        workers=workers,
+        port=port if settings.plaintext else None,
+        tls_port=shared.tls_port if settings.tls_enabled else None,
+        node_id=settings.node_id,
+    )
     for w in pool:  # 3.
         spawn(w)
 
@@ -243,6 +270,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
             if w.process is not None and w.process.is_alive() and w.process.pid:
                 os.kill(w.process.pid, signal.SIGKILL)
                 w.process.join(5)
-        reservation.close()
+        for held in reservations:
+            held.close()
     log.info("stopped", workers=workers)
     return status

@@ -132,6 +132,7 @@ class NodeProcess:
     proc: subprocess.Popen[str]
     data_dir: Path
     port: int = 0
+    tls_port: int = 0  # the DICOM TLS listener's, when there is one
     lines: list[dict[str, Any]] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
@@ -152,8 +153,10 @@ def _pump(np: NodeProcess, ready: threading.Event, listeners: int = 1) -> None:
         except ValueError:
             continue
         np.lines.append(entry)
-        if entry.get("event") == "listening":
+        if entry.get("event") == "listening" and not entry.get("tls"):
             np.port = int(entry["port"])
+        if entry.get("event") == "listening" and entry.get("tls"):
+            np.tls_port = int(entry["port"])
         if entry.get("event") in ("listening", "node started"):
             # one node: listening is enough; several: every one has announced itself
             event = "listening" if listeners == 1 else "node started"
@@ -207,7 +210,7 @@ def serve_process(
     np._reader = threading.Thread(target=_pump, args=(np, ready, listeners), daemon=True)
     np._reader.start()
     try:
-        if not ready.wait(timeout) or np.port == 0:
+        if not ready.wait(timeout) or np.port == np.tls_port == 0:
             raise RuntimeError(f"dicomgate serve did not start:\n{np.log_text()}")
         yield np
     finally:

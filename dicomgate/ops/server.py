@@ -9,6 +9,13 @@
 
 Bound to 127.0.0.1 by default; it is an operator's port, not the partner's.
 
+Bounded (issue 12, item 4): at most ``max_connections`` requests are served at once, each
+connection has ``request_timeout`` seconds in all to send its request and read the answer (a
+client trickling one byte at a time is cut then, not only one idle for that long), and a
+connection over the limit gets ``503`` at once (written without waiting, then closed) rather
+than a thread. So a flood of slow clients costs at most ``max_connections`` threads and delays
+``/healthz`` by at most ``request_timeout``, and is refused cleanly meanwhile.
+
 A request path can hold the original Study Instance UID an operator typed, so what is logged of
 a request is its route (``/studies/{uid}``), and a failure is logged as a safe traceback (types
 and frames: exception messages quote values).  Requests are logged at debug level only: a load
@@ -17,7 +24,9 @@ balancer's health checks would otherwise be most of the log.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -60,14 +69,56 @@ def route_of(path: str) -> str:
     return "{unknown}"  # anything a client sent: not logged either
 
 
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    max_connections = 16
+    request_timeout = 10.0
+    _slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accept loop: a thread for the connection if a slot is free, else 503."""
+        if not self._slots.acquire(blocking=False):
+            log.debug("ops connection refused: busy", max_connections=self.max_connections)
+            with contextlib.suppress(OSError):
+                request.setblocking(False)  # never wait on the client here
+                request.send(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The whole exchange within request_timeout: the socket's timeout bounds each wait,
+        # and the timer shuts the connection down at the deadline, however the bytes trickle.
+        deadline = threading.Timer(self.request_timeout, _cut, args=(request,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            deadline.cancel()
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """What escaped a request (socketserver prints a plain traceback to stderr)."""
         exc = sys.exc_info()[1]
         if exc is not None:
             log.error("ops request failed", error=type(exc).__name__, traceback=safe_traceback(exc))
+
+
+def _cut(sock: socket.socket) -> None:
+    """A connection past its deadline: wake the thread blocked on it (it then ends)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class OpsServer:
@@ -79,11 +130,14 @@ class OpsServer:
         metrics: Metrics,
         ready: Callable[[], str | None],
         studies: Callable[[str | None], dict[str, Any]],
+        max_connections: int = 16,
+        request_timeout: float = 10.0,
     ) -> None:
         ops = self
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "dicomgate-ops"
+            timeout = request_timeout  # each read and write on the connection
 
             def do_GET(self) -> None:
                 ops._route(self)
@@ -95,6 +149,9 @@ class OpsServer:
         self._ready = ready
         self._studies = studies
         self._httpd = _Server((host, port), Handler)
+        self._httpd.max_connections = max_connections
+        self._httpd.request_timeout = request_timeout
+        self._httpd._slots = threading.BoundedSemaphore(max_connections)
         self._thread: threading.Thread | None = None
 
     @property

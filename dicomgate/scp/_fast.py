@@ -76,7 +76,7 @@ from pynetdicom.dsutils import create_file_meta as _stock_create_file_meta
 from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 
 if TYPE_CHECKING:
@@ -143,11 +143,48 @@ class FastAssociationSocket(AssociationSocket):
     connection closed, lets socket errors propagate to the DUL (which turns them into Evt17).
     """
 
+    #: set by the request handler: the whole A-ASSOCIATE-RQ must have arrived by then
+    #: (accept + ACSE timeout), however slowly a peer trickles its bytes in
+    negotiation_deadline: float | None = None
+
+    def _deadline(self) -> float | None:
+        """When this read must be complete: a PDU (or its header) gets the network timeout
+        from the moment the DUL starts reading it (the DUL reads only once data is there);
+        before the association is established, no later than :attr:`negotiation_deadline`."""
+        assoc = self.assoc
+        timeout = assoc.network_timeout
+        deadline = time.monotonic() + timeout if timeout else None
+        negotiating = not (assoc.is_established or assoc.is_released or assoc.is_aborted)
+        if negotiating and self.negotiation_deadline is not None:
+            deadline = min(deadline or self.negotiation_deadline, self.negotiation_deadline)
+        return deadline
+
+    @staticmethod
+    def _before(sock: socket.socket, deadline: float | None) -> None:
+        """Bound the next blocking read by ``deadline`` (TimeoutError once it passed: the DUL
+        takes it as a closed connection, Evt17)."""
+        if deadline is None:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("PDU not received within the timeout")
+        sock.settimeout(remaining)
+
     def recv(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
+        deadline = self._deadline()
+        try:
+            return self._recv(sock, nr_bytes, deadline)
+        finally:
+            if deadline is not None:  # sends get the whole network timeout again
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.assoc.network_timeout)
+
+    def _recv(self, sock: socket.socket, nr_bytes: int, deadline: float | None) -> bytearray:
         if nr_bytes > _PREALLOCATE_MAX:
             stream = bytearray()
             while len(stream) < nr_bytes:
+                self._before(sock, deadline)
                 chunk = sock.recv(min(_CHUNK, nr_bytes - len(stream)))
                 if not chunk:
                     break
@@ -157,6 +194,7 @@ class FastAssociationSocket(AssociationSocket):
         nr_read = 0
         with memoryview(buf) as view:
             while nr_read < nr_bytes:
+                self._before(sock, deadline)
                 n = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
                 if not n:
                     break  # connection closed: return what arrived
@@ -379,6 +417,15 @@ class FastDUL(DULServiceProvider):
         try:
             self._run_reactor()
         finally:
+            assoc = self.assoc
+            never_asked = assoc.requestor.primitive is None and self.to_user_queue.empty()
+            if assoc.is_acceptor and never_asked:
+                # The connection ended before an A-ASSOCIATE-RQ arrived (a port probe, a peer
+                # that gave up, one cut at its deadline). pynetdicom's association thread would
+                # keep waiting for the request until its ACSE timeout, a thread per closed
+                # connection: end that wait now (it sees an aborted association and returns).
+                assoc.is_aborted = True
+                self.to_user_queue.put(A_P_ABORT())
             self._wake_assoc()  # the association thread checks dul.is_alive()
             self._wake_r.close()
             self._wake_w.close()

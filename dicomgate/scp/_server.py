@@ -7,6 +7,8 @@ DIMSE status, bind the association's log context, and never touch S3.
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -48,7 +50,14 @@ from dicomgate.ingest import Ingest, StoreRequest
 from dicomgate.mpps import MPPS, MppsService
 from dicomgate.ops.metrics import Metrics
 from dicomgate.scp import _fast
+from dicomgate.scp._guard import (
+    CONNECTION_REFUSED,
+    TLS_HANDSHAKE_FAILED,
+    ConnectionGate,
+    SecurityEvent,
+)
 from dicomgate.scp._policy import AccessPolicy, TunedRequestHandler
+from dicomgate.scp._tls import certificate_summary, server_context
 from dicomgate.status import Status
 
 __all__ = ["TRANSFER_SYNTAXES", "AssociationInfo", "StoreSCP"]
@@ -102,8 +111,121 @@ class AssociationInfo:
     received: dict[str, StudyTally] = field(default_factory=dict)
 
 
+#: the listeners' names (logs, security events)
+PLAINTEXT, TLS = "dicom", "dicom-tls"
+
+#: pynetdicom's own association count (every live acceptor thread, negotiating ones too) is
+#: switched off with this; ConnectionGate counts slots and pending connections instead
+_NO_PYNETDICOM_LIMIT = 1_000_000
+
+
+def _peer(address: Any) -> str:
+    try:
+        return f"{address[0]}:{address[1]}"
+    except (TypeError, IndexError):
+        return str(address)
+
+
+def _handshake_failure(exc: BaseException) -> str | None:
+    """Words for a failed TLS handshake; None when the peer just went away (a port probe, a
+    load balancer's TCP health check), which is no security event."""
+    if isinstance(exc, ssl.SSLEOFError | ConnectionResetError | BrokenPipeError):
+        return None
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out (acse_timeout)"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.library or "tls error").lower().replace("_", " ")
+    return type(exc).__name__
+
+
 class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accept loop and
+    connections counted by the node's :class:`ConnectionGate`.
+
+    pynetdicom wraps each accepted socket with ``ssl_context.wrap_socket()`` inside
+    ``get_request()`` — the TLS handshake then runs on the accept loop, where one silent peer
+    stops the listener and a failed handshake goes unlogged. Here the accept loop only wraps
+    (no I/O) with the context current at that moment, and the connection's own thread does
+    the handshake, bounded by the ACSE timeout. Swapping :attr:`ssl_context` (a SIGHUP reload)
+    therefore changes the certificate of new connections only.
+    """
+
     policy: AccessPolicy
+    gate: ConnectionGate
+    listener: str = PLAINTEXT
+    _conn: threading.local
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock = cast(socket.socket, self.socket)
+        client, address = sock.accept()
+        ctx = self.ssl_context
+        if ctx is not None:
+            client = ctx.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def accepted_at(self) -> float:
+        """When the connection served by the calling thread began (its deadlines count
+        from then)."""
+        return float(getattr(self._conn, "accepted_at", time.monotonic()))
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """On the accept loop: admit the connection or close it at once."""
+        if not self.gate.admit(self.ae):
+            self.gate.emit(
+                SecurityEvent(
+                    kind=CONNECTION_REFUSED,
+                    listener=self.listener,
+                    peer=_peer(client_address),
+                    reason="too many connections not yet associated (max_pending_connections)",
+                )
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread per connection
+        except BaseException:
+            self.gate.started()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._conn.accepted_at = time.monotonic()
+        try:
+            if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+                self.shutdown_request(request)
+                return
+            super().process_request_thread(request, client_address)
+        finally:
+            self.gate.started()
+
+    def _handshake(self, sock: ssl.SSLSocket, client_address: Any) -> bool:
+        try:
+            sock.settimeout(self.ae.acse_timeout)
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            why = _handshake_failure(exc)
+            if why is None:
+                log.debug("tls connection closed before the handshake", peer=_peer(client_address))
+            else:
+                self.gate.emit(
+                    SecurityEvent(
+                        kind=TLS_HANDSHAKE_FAILED,
+                        listener=self.listener,
+                        peer=_peer(client_address),
+                        reason=why,
+                    )
+                )
+            return False
+        return True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """What escaped a connection's set-up (socketserver prints to stderr)."""
+        exc = sys.exc_info()[1]
+        log.error(
+            "connection failed",
+            listener=self.listener,
+            peer=_peer(client_address),
+            error=type(exc).__name__ if exc is not None else "?",
+        )
 
 
 class _SharedPortServer(_Server):
@@ -144,9 +266,16 @@ class StoreSCP:
         self._on_open_count = on_open_count
         self._associations: dict[int, AssociationInfo] = {}
         self._lock = threading.Lock()
-        self._server: _Server | None = None
+        #: listener name (PLAINTEXT, TLS) -> its server and serving thread
+        self._servers: dict[str, _Server] = {}
+        self._threads: dict[str, threading.Thread] = {}
         self._accepting = False
-        self._thread: threading.Thread | None = None
+        #: slots, pending connections and security events of both listeners; the audit
+        #: trail sets ``gate.on_event``
+        self.gate = ConnectionGate(
+            max_associations=settings.max_associations,
+            max_pending=settings.max_pending_connections,
+        )
         self.ae = self._make_ae()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -164,7 +293,7 @@ class StoreSCP:
                 supported=_fast.SUPPORTED,
             )
         ae = AE(ae_title=s.ae_title)
-        ae.maximum_associations = s.max_associations
+        ae.maximum_associations = _NO_PYNETDICOM_LIMIT  # the gate counts (see _guard)
         ae.maximum_pdu_size = s.max_pdu_size
         ae.acse_timeout = s.acse_timeout
         ae.dimse_timeout = s.dimse_timeout
@@ -188,14 +317,96 @@ class StoreSCP:
         return self._accepting
 
     @property
-    def address(self) -> tuple[str, int]:
-        if self._server is None:
-            raise RuntimeError("the SCP is not listening")
-        host, port = self._server.server_address[:2]
+    def _server(self) -> _Server | None:
+        """The plaintext listener's server (the TLS one's on a TLS-only node)."""
+        return self._servers.get(PLAINTEXT) or self._servers.get(TLS)
+
+    def _address_of(self, listener: str) -> tuple[str, int] | None:
+        server = self._servers.get(listener)
+        if server is None:
+            return None
+        host, port = server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The plaintext listener's address (the TLS one's on a TLS-only node)."""
+        address = self._address_of(PLAINTEXT) or self._address_of(TLS)
+        if address is None:
+            raise RuntimeError("the SCP is not listening")
+        return address
+
+    @property
+    def plaintext_address(self) -> tuple[str, int] | None:
+        return self._address_of(PLAINTEXT)
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        return self._address_of(TLS)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        s = self.settings
+        assert s.tls_cert_file is not None and s.tls_key_file is not None
+        return server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
+
+    def reload_tls(self) -> bool:
+        """Read the certificate, key and CA files again (SIGHUP): new connections get the new
+        context, open ones keep theirs. On an error the old context stays; False."""
+        server = self._servers.get(TLS)
+        if server is None:
+            return False
+        try:
+            ctx = self._tls_context()
+        except ValueError as exc:  # TlsConfigError: names the file and the setting
+            log.error("tls reload failed", error=str(exc))
+            return False
+        server.ssl_context = ctx
+        assert self.settings.tls_cert_file is not None
+        log.info("tls certificates reloaded", **certificate_summary(self.settings.tls_cert_file))
+        return True
+
     def start(self) -> tuple[str, int]:
-        """Bind and serve in a background thread; return the bound (host, port)."""
+        """Bind the listeners (plaintext, TLS: as configured) and serve each in a background
+        thread; return the plaintext listener's (host, port), else the TLS one's.
+
+        Raises ``OSError`` for a port that cannot be bound (``.listener`` says which one)
+        and ``ValueError`` (TlsConfigError) for unusable TLS files.
+        """
+        s = self.settings
+        ctx = self._tls_context() if s.tls_enabled else None
+        wanted = ([(PLAINTEXT, s.port, None)] if s.plaintext else []) + (
+            [(TLS, s.tls_port, ctx)] if ctx is not None else []
+        )
+        for listener, port, context in wanted:
+            try:
+                self._listen(listener, port, context)
+            except OSError as exc:
+                exc.listener = listener  # type: ignore[attr-defined]
+                self.stop_accepting()
+                raise
+        self._accepting = True
+        for listener, server in self._servers.items():
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.2},
+                name=f"{listener}-listener",
+                daemon=True,
+            )
+            self._threads[listener] = thread
+            thread.start()
+            host, port = server.server_address[:2]
+            fields: dict[str, Any] = {"host": host, "port": port, "ae_title": s.ae_title}
+            if listener == TLS:
+                assert s.tls_cert_file is not None
+                fields |= {
+                    "tls": True,
+                    "mutual_tls": s.tls_ca_file is not None,
+                    **certificate_summary(s.tls_cert_file),
+                }
+            log.info("listening", **fields)
+        return self.address
+
+    def _listen(self, listener: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         s = self.settings
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, _handle_echo),
@@ -212,40 +423,42 @@ class StoreSCP:
         server = cast(
             _Server,
             self.ae.make_server(
-                (s.host, s.port),
+                (s.host, port),
                 evt_handlers=handlers,
+                ssl_context=ssl_context,
                 server_class=_SharedPortServer if s.reuse_port else _Server,
                 request_handler=TunedRequestHandler,
             ),
         )
+        server.listener = listener
+        server._conn = threading.local()
+        server.gate = self.gate
         server.policy = AccessPolicy(
             ae_title=s.ae_title,
             require_called_ae_title=s.require_called_ae_title,
             allowed_calling_ae_titles=tuple(s.allowed_calling_ae_titles),
             allowed_networks=tuple(s.allowed_networks),
+            ae_subjects=dict(s.tls_ae_subjects),
         )
         self.ae._servers.append(server)
-        self._server = server
-        self._accepting = True
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="dicom-listener"
-        )
-        self._thread.daemon = True
-        self._thread.start()
-        host, port = self.address
-        log.info("listening", host=host, port=port, ae_title=s.ae_title)
-        return host, port
+        self._servers[listener] = server
 
     # -- shutdown -------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
-        """Close the listening socket; open associations carry on."""
-        server = self._server
-        if server is None or not self._accepting:
-            return
+        """Close the listening sockets; open associations carry on."""
         self._accepting = False
-        server.shutdown()  # stops serve_forever, closes the listening socket
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for listener, server in list(self._servers.items()):
+            thread = self._threads.pop(listener, None)
+            if getattr(server, "_stopped", False):
+                continue
+            server._stopped = True  # type: ignore[attr-defined]
+            if thread is not None:
+                server.shutdown()  # stops serve_forever, closes the listening socket
+                thread.join(timeout=5)
+            else:  # bound, never served (a later listener failed to bind)
+                server.server_close()
+                if server in self.ae._servers:
+                    self.ae._servers.remove(server)
 
     def open_associations(self) -> list[Any]:
         """Associations that can still carry data (established, or with a live connection).
@@ -253,11 +466,9 @@ class StoreSCP:
         An acceptor thread whose connection is gone lingers until its ACSE timeout; it
         holds nothing and is not waited for.
         """
-        server = self._server
-        if server is None:
-            return []
         return [
             a
+            for server in self._servers.values()
             for a in server.active_associations
             if a.is_alive() and (a.is_established or a.dul.is_alive())
         ]
