@@ -226,6 +226,14 @@ class SyslogReceiver:
         finally:
             conn.close()
 
+    @property
+    def listening(self) -> bool:
+        probe = socket.socket()
+        try:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+        finally:
+            probe.close()
+
     def messages(self) -> list[str]:
         with self._lock:
             return [f.msg for f in self.frames]
@@ -233,6 +241,9 @@ class SyslogReceiver:
     def stop(self) -> None:
         self._running = False
         if self._sock is not None:
+            # shutdown wakes the thread blocked in accept(); close alone leaves it listening
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
             self._sock = None
         with self._lock:

@@ -45,6 +45,8 @@ def test_send_and_deliver_audit_trail(tmp_path: Path) -> None:
             audit_file = data / "audit" / "audit.log"
             assert wait_for(lambda: len(receiver.frames) >= 1, timeout=30)  # Application Start
             receiver.stop()  # the repository goes down; everything below is queued
+            assert not receiver.listening
+            before = len(receiver.frames)
             # refused: addressed to another AE title
             rejected = associate(n.host, n.port, aec="SOMEONEELSE", aet="INTRUDER")
             assert not rejected.is_established
@@ -67,6 +69,7 @@ def test_send_and_deliver_audit_trail(tmp_path: Path) -> None:
                 env={"DICOMGATE_SECRET_KEY": "k" * 40},
             )
             assert links.returncode == 0, links.stderr
+            assert len(receiver.frames) == before  # nothing got through while it was down
             receiver.start()  # back: the queue drains
             assert wait_for(
                 lambda: set(receiver.messages()) >= set(audit_lines(audit_file)), timeout=60

@@ -70,6 +70,7 @@ def test_repository_down_loses_nothing(tmp_path: Path, receiver: SyslogReceiver,
         _alert(trail, 2)
         assert wait_for(lambda: len(receiver.frames) >= 2, timeout=30)
         receiver.stop()
+        assert not receiver.listening
         for n in range(3, 8):  # emitted while the repository is down
             _alert(trail, n)
         receiver.start()  # same port
@@ -87,6 +88,7 @@ def test_queue_survives_a_restart(tmp_path: Path, receiver: SyslogReceiver, pki:
     """Messages written while the repository was down, by a node that then stopped, are
     sent by the next start (from the cursor)."""
     receiver.stop()
+    assert not receiver.listening
     trail = _trail(tmp_path, receiver, pki)
     for n in range(3):
         _alert(trail, n)
