@@ -18,10 +18,11 @@ import fcntl
 import functools
 import os
 import signal
+import socket
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -140,8 +141,10 @@ class Node:
         heartbeat_ttl: float | None = None,
         pipeline_workers: int | None = None,
         host: HostActivity | None = None,
+        listen_sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.settings = settings
+        self.listen_sockets = listen_sockets  # serve --workers: the supervisor's sockets
         self.pipeline_workers = pipeline_workers
         self.host = host  # serve --workers: the host's other nodes' associations count too
         # the settings' unless a test overrides them
@@ -403,6 +406,7 @@ class Node:
             on_open_count=self.host.set_open if self.host is not None else None,
             commitments=CommitmentService(self.state, self.settings.node_id, self.commitments.wake),
             mpps=MppsService(self.state, self.metrics),
+            listen_sockets=self.listen_sockets,
         )
         self.scp.audit = self.audit
         gate = getattr(self.scp, "gate", None)  # security events: TLS, rejections
@@ -591,6 +595,7 @@ def run_node(
     pipeline_workers: int | None = None,
     on_started: Callable[[], None] | None = None,
     host: HostActivity | None = None,
+    listen_sockets: Mapping[str, socket.socket] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status.
 
@@ -616,7 +621,9 @@ def run_node(
     # installed before the node starts: a SIGHUP sent on "node started" must not kill it
     signal.signal(signal.SIGHUP, on_hangup)
     try:
-        node = Node(settings, pipeline_workers=pipeline_workers, host=host)
+        node = Node(
+            settings, pipeline_workers=pipeline_workers, host=host, listen_sockets=listen_sockets
+        )
         node.start()
     except (StartupError, ValueError) as exc:  # port taken, data dir unusable or locked, key
         log.error("cannot start", error=str(exc))

@@ -1,19 +1,27 @@
 """``dicomgate serve --workers N``: N node processes sharing one port on one host (issue 8, item 5).
 
 pynetdicom runs one thread per association, all in one process and under one GIL, so a single
-node receives on one core however many associations are open. Here N node processes listen on
-the same port with ``SO_REUSEPORT`` and the kernel hands each new connection to one of them.
-Each is a full node in the state store's sense — its own node id (``<node_id>-w<i>``),
-heartbeat, spool sub-directory and claims — sharing the data directory (SQLite in WAL mode, or
-the shared backend), the spool and the key, and adopting each other's work if one dies.
+node receives on one core however many associations are open. Here N node processes accept on
+the same listening socket, made by this supervisor and handed to each. Each is a full node in
+the state store's sense — its own node id (``<node_id>-w<i>``), heartbeat, spool sub-directory
+and claims — sharing the data directory (SQLite in WAL mode, or the shared backend), the spool
+and the key, and adopting each other's work if one dies.
+
+Why one shared socket rather than SO_REUSEPORT (one socket per worker, which ``reuse_port``
+still offers for independent processes): the kernel spreads SO_REUSEPORT connections by a hash
+of the peer's address and port, so four associations from one modality land on one worker one
+time in eight and three-to-one half the time. On a shared socket every idle worker races for
+each connection and a busy one (its listener thread waiting for its GIL) tends to lose, so
+associations go where there is room; and the socket outlives a worker's restart, so
+connections queue meanwhile instead of being refused.
 
 The supervisor (this process) only keeps them running, in order:
 
 1. it makes sure the pseudonymization key exists before any worker starts (two workers
    generating one at once would end with two keys);
-2. it reserves the port — binds it with ``SO_REUSEPORT`` without listening, so ``--port 0``
-   gives every worker the same port and a port held by another program fails here, once
-   (the DICOM TLS port the same way, when TLS is configured);
+2. it binds and listens on the port (and the DICOM TLS port, when TLS is configured), so
+   ``--port 0`` gives every worker the same port and a port held by another program fails
+   here, once; it never accepts;
 3. it starts the workers (spawned processes; worker *i* gets ops port ``ops_port + i`` and
    ``cores / N`` de-identification processes);
 4. a worker that fails to start at the first start stops everything (exit 2: it logged why);
@@ -44,6 +52,7 @@ from dicomgate._logging import configure_logging, get_logger
 from dicomgate._process import die_with_parent
 from dicomgate.config import Settings
 from dicomgate.pseudonym import secret_key_for
+from dicomgate.scp._server import PLAINTEXT, TLS
 
 __all__ = ["run_workers", "worker_settings"]
 
@@ -74,6 +83,7 @@ def _worker_main(
     started: MutableSequence[int],
     warnings: list[str],
     host: HostActivity,
+    listen_sockets: dict[str, socket.socket],
 ) -> None:
     """A worker process: one node (``run_node(worker=True)``), dies with the supervisor.
     ``started[host.index]`` becomes 1 once it serves (shared memory: no semaphore to leak)."""
@@ -96,6 +106,7 @@ def _worker_main(
             pipeline_workers=pipeline_workers,
             on_started=serving,
             host=host,
+            listen_sockets=listen_sockets,
         )
     )
 
@@ -111,18 +122,23 @@ class _Worker:
     restart_at: float | None = None
 
 
-def _reserve_port(settings: Settings, port: int | None = None) -> socket.socket:
-    """Bind a DICOM port (``settings.port`` unless given) with SO_REUSEPORT (not listening:
-    connections go to workers only)."""
+#: connections the kernel queues while every worker is busy accepting
+_BACKLOG = 128
+
+
+def _listen(settings: Settings, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (handed to each at spawn: it outlives a
+    worker's restart, so connections queue meanwhile instead of being refused)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((settings.host, settings.port if port is None else port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, port))
+        sock.listen(_BACKLOG)
     except OSError:
         sock.close()
         raise
+    sock.setblocking(False)  # the supervisor never accepts; workers race for each connection
     return sock
 
 
@@ -134,19 +150,21 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
     except (OSError, ValueError) as exc:
         log.error("cannot start", error=f"secret key: {getattr(exc, 'strerror', None) or exc}")
         return 2
-    reservations: list[socket.socket] = []
+    reservations: dict[str, socket.socket] = {}  # listener name (as the SCP names it) -> socket
     update: dict[str, int] = {}
-    wanted: list[tuple[str, str, str]] = []
+    wanted: list[tuple[str, str, str, str]] = []
     if settings.plaintext:
-        wanted.append(("port", "DICOM", "--host / --port, DICOMGATE_HOST / DICOMGATE_PORT"))
+        wanted.append(
+            ("port", PLAINTEXT, "DICOM", "--host / --port, DICOMGATE_HOST / DICOMGATE_PORT")
+        )
     if settings.tls_enabled:
-        wanted.append(("tls_port", "DICOM TLS", "DICOMGATE_HOST / DICOMGATE_TLS_PORT"))
-    for name, what, setting in wanted:  # 2.
+        wanted.append(("tls_port", TLS, "DICOM TLS", "DICOMGATE_HOST / DICOMGATE_TLS_PORT"))
+    for name, listener, what, setting in wanted:  # 2.
         port = getattr(settings, name)
         try:
-            reservations.append(_reserve_port(settings, port))
+            reservations[listener] = _listen(settings, port)
         except OSError as exc:
-            for held in reservations:
+            for held in reservations.values():
                 held.close()
             why = (exc.strerror or type(exc).__name__).lower()
             log.error(
@@ -154,7 +172,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
                 error=f"cannot listen for {what} on {settings.host}:{port} ({setting}): {why}",
             )
             return 2
-        update[name] = reservations[-1].getsockname()[1]
+        update[name] = reservations[listener].getsockname()[1]
     port = update.get("port", settings.port)
     shared = settings.model_copy(update=update)
     per_node = max(1, (os.cpu_count() or 1) // workers)
@@ -168,7 +186,14 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
     def spawn(w: _Worker) -> None:
         w.process = ctx.Process(
             target=_worker_main,
-            args=(w.settings, per_node, started, warned, HostActivity(counts, w.index)),
+            args=(
+                w.settings,
+                per_node,
+                started,
+                warned,
+                HostActivity(counts, w.index),
+                reservations,
+            ),
             name=f"dicomgate-{w.settings.node_id}",
         )
         counts[w.index] = 0  # a dead worker's associations are gone with it
@@ -270,7 +295,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
             if w.process is not None and w.process.is_alive() and w.process.pid:
                 os.kill(w.process.pid, signal.SIGKILL)
                 w.process.join(5)
-        for held in reservations:
+        for held in reservations.values():
             held.close()
     log.info("stopped", workers=workers)
     return status

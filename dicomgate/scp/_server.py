@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -241,6 +241,34 @@ class _SharedPortServer(_Server):
         super().server_bind()
 
 
+class _InheritedServer(_Server):
+    """``serve --workers``: every worker accepts on the one listening socket the supervisor
+    made and handed down (:mod:`dicomgate.supervisor`), instead of binding its own.
+
+    The kernel wakes every waiting worker for a connection and one ``accept()`` wins; a busy
+    worker's listener thread waits for its GIL, so an idle worker tends to win — new
+    associations go where there is room, which SO_REUSEPORT's hash of the peer's address and
+    port cannot do (four associations can hash to one worker). The socket is non-blocking: a
+    worker that loses the race gets ``EAGAIN``, which socketserver ignores. It is never
+    ``shutdown()``: that would stop it for every worker; a stopping worker only closes its own
+    descriptor.
+    """
+
+    inherited: socket.socket  # set on a per-socket subclass by StoreSCP._server_class
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).close()  # the one socketserver made, never bound
+        self.socket = self.inherited
+        self.socket.settimeout(0.0)  # non-blocking: a lost accept race returns at once
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Already listening (the supervisor called ``listen()``)."""
+
+    def server_close(self) -> None:
+        cast(socket.socket, self.socket).close()
+
+
 class StoreSCP:
     """Owns the AE, the listening server and the registry of open associations."""
 
@@ -255,6 +283,7 @@ class StoreSCP:
         on_open_count: Callable[[int], None] | None = None,
         commitments: CommitmentService | None = None,
         mpps: MppsService | None = None,
+        listen_sockets: Mapping[str, socket.socket] | None = None,
     ) -> None:
         self.settings = settings
         self.ingest = ingest
@@ -262,6 +291,9 @@ class StoreSCP:
         #: Storage Commitment (N-ACTION) and MPPS (N-CREATE, N-SET), when the node serves them
         self.commitments = commitments
         self.mpps = mpps
+        #: serve --workers: listener name -> the listening socket the supervisor made, shared
+        #: by every worker (accepted here instead of binding one)
+        self._inherited = dict(listen_sockets or {})
         #: told the number of open associations whenever it changes (serve --workers' host share)
         self._on_open_count = on_open_count
         self._associations: dict[int, AssociationInfo] = {}
@@ -406,6 +438,12 @@ class StoreSCP:
             log.info("listening", **fields)
         return self.address
 
+    def _server_class(self, listener: str) -> type[_Server]:
+        inherited = self._inherited.get(listener)
+        if inherited is not None:
+            return type("_Inherited", (_InheritedServer,), {"inherited": inherited})
+        return _SharedPortServer if self.settings.reuse_port else _Server
+
     def _listen(self, listener: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         s = self.settings
         handlers: list[Any] = [
@@ -426,7 +464,7 @@ class StoreSCP:
                 (s.host, port),
                 evt_handlers=handlers,
                 ssl_context=ssl_context,
-                server_class=_SharedPortServer if s.reuse_port else _Server,
+                server_class=self._server_class(listener),
                 request_handler=TunedRequestHandler,
             ),
         )
