@@ -93,13 +93,12 @@ def serve(config_file: Path | None, **flags: Any) -> None:
     With more than one worker (the default on a multi-core machine) each worker is a node of
     its own on the same port, sharing the data directory, spool and state store.
     """
-    import os
-
+    from dicomgate._process import available_cpus
     from dicomgate.node import run_node
     from dicomgate.supervisor import run_workers
 
     settings = settings_or_exit(config_file, warn_environment=False, **flags)
-    workers = settings.workers or os.cpu_count() or 1
+    workers = settings.workers or available_cpus()
     if workers == 1:
         sys.exit(run_node(settings, warnings=unknown_environment()))
     sys.exit(run_workers(settings, workers, warnings=unknown_environment()))

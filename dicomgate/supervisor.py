@@ -49,7 +49,7 @@ from types import FrameType
 
 from dicomgate._host import HostActivity
 from dicomgate._logging import configure_logging, get_logger
-from dicomgate._process import die_with_parent
+from dicomgate._process import available_cpus, die_with_parent
 from dicomgate.config import Settings
 from dicomgate.pseudonym import secret_key_for
 from dicomgate.scp._server import PLAINTEXT, TLS
@@ -84,6 +84,7 @@ def _worker_main(
     warnings: list[str],
     host: HostActivity,
     listen_sockets: dict[str, socket.socket],
+    parent_pid: int,
 ) -> None:
     """A worker process: one node (``run_node(worker=True)``), dies with the supervisor.
     ``started[host.index]`` becomes 1 once it serves (shared memory: no semaphore to leak)."""
@@ -91,7 +92,7 @@ def _worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run_node reloads on it
     # stopped before it serves (the supervisor is shutting down): exit quietly, nothing held
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    die_with_parent()
+    die_with_parent(parent_pid)
 
     def serving() -> None:
         started[host.index] = 1
@@ -175,7 +176,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
         update[name] = reservations[listener].getsockname()[1]
     port = update.get("port", settings.port)
     shared = settings.model_copy(update=update)
-    per_node = max(1, (os.cpu_count() or 1) // workers)
+    per_node = max(1, available_cpus() // workers)
     ctx = multiprocessing.get_context("spawn")
     pool = [_Worker(i, worker_settings(shared, i)) for i in range(workers)]
     warned = list(warnings)
@@ -193,6 +194,7 @@ def run_workers(settings: Settings, workers: int, *, warnings: Iterable[str] = (
                 warned,
                 HostActivity(counts, w.index),
                 reservations,
+                os.getpid(),
             ),
             name=f"dicomgate-{w.settings.node_id}",
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomgate._logging import current_log_setup, get_logger
+from dicomgate._process import available_cpus
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
 from dicomgate.deid import DeidConfig
@@ -104,7 +105,7 @@ class Pipeline:
             sop_classes=settings.accept_sop_classes,
             required=settings.require_attributes,
         )
-        self._workers = workers or max(1, os.cpu_count() or 1)
+        self._workers = workers or available_cpus()
         # de-identification processes that keep going while associations are open (0 for all
         # but one node of a host's serve --workers: the host's cores go to receiving)
         self._deid_while_busy = deid_while_busy
@@ -140,7 +141,7 @@ class Pipeline:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             initializer=worker_init,
-            initargs=(current_log_setup(),),
+            initargs=(current_log_setup(), os.getpid()),
             mp_context=multiprocessing.get_context("spawn"),
         )
 

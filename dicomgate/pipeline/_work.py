@@ -29,7 +29,7 @@ __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_
 _IN_MEMORY_WRITE = 32 * 1024 * 1024
 
 
-def worker_init(log_setup: LogSetup | None = None) -> None:
+def worker_init(log_setup: LogSetup | None = None, parent_pid: int | None = None) -> None:
     """Set up a worker process: lower priority, dies with the node, leaves signals to it.
 
     A SIGKILLed node must not leave workers behind holding memory (and the node's stderr):
@@ -44,7 +44,7 @@ def worker_init(log_setup: LogSetup | None = None) -> None:
     # Receiving comes first: a sender waits on every C-STORE response, while de-identification
     # is background work that can lag a little behind (promise 5 covers the spool).
     os.nice(10)
-    die_with_parent()
+    die_with_parent(os.getppid() if parent_pid is None else parent_pid)
 
 
 class Quarantine(Exception):  # noqa: N818 - it is an outcome, not an error
