@@ -26,6 +26,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 
 from dicomgate.checks import Refusal, check_header
+from dicomgate.deid._diagnose import diagnose
 from dicomgate.deid._engine import deidentify
 from dicomgate.deid._profile import (
     DEFAULT_SUSPECT_MODALITIES,
@@ -202,11 +203,21 @@ def _read(source: Path | bytes) -> Dataset:
 def deidentify_bytes(data: bytes, config: DeidConfig) -> tuple[FileResult, bytes | None]:
     """De-identify one instance given as bytes (DICOM File Format); returns the result and
     the de-identified file's bytes (None when quarantined or failed)."""
+    ds: Dataset | None = None
     try:
         ds = _read(data)
         return _run(ds, "<bytes>", config)
     except Exception as exc:
-        return FileResult(source="<bytes>", error=f"{type(exc).__name__}: {exc}"), None
+        return _failed("<bytes>", ds, exc), None
+
+
+def _failed(source: str, ds: Dataset | None, exc: Exception) -> FileResult:
+    """A failure: an input problem is a quarantine naming it (pydicom's messages quote values,
+    so they are not used for it); anything else an error."""
+    problem = diagnose(ds)
+    if problem is not None:
+        return FileResult(source=source, quarantine_reason=f"invalid dataset: {problem}")
+    return FileResult(source=source, error=f"{type(exc).__name__}: {exc}")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -241,6 +252,7 @@ def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) 
     Nothing is written when the instance is quarantined (burned-in text, PHI check) or fails.
     """
     src = Path(source)
+    ds: Dataset | None = None
     try:
         ds = _read(src)
         refused = door_check(src)
@@ -252,4 +264,4 @@ def deidentify_file(source: str | Path, output: str | Path, config: DeidConfig) 
         _write_atomic(Path(output), data)
         return dataclasses.replace(result, output=str(output))
     except Exception as exc:
-        return FileResult(source=str(src), error=f"{type(exc).__name__}: {exc}")
+        return _failed(str(src), ds, exc)

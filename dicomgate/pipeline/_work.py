@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from dicomgate._logging import LogSetup, configure_worker_logging
 from dicomgate._process import die_with_parent
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
+from dicomgate.deid._diagnose import diagnose
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
 from dicomgate.spool import sha256_file
 
@@ -153,15 +154,19 @@ def _write(job: _Job) -> _Job:
     assert job.out is not None
     target = Path(job.order.staging_path)
     tmp = target.with_suffix(".tmp")
-    if job.raw_size <= _IN_MEMORY_WRITE:
-        data = encode_dataset(job.out)  # the fast path, for the usual few-MB instance
-        tmp.write_bytes(data)
-        job.out_sha256, job.out_size = hashlib.sha256(data).hexdigest(), len(data)
-    else:
-        # Large (multi-frame) instances are written straight to the file: the worker holds
-        # the pixel data once, not three times.
-        job.out.save_as(tmp, enforce_file_format=True)
-        job.out_sha256, job.out_size = sha256_file(tmp)
+    try:
+        if job.raw_size <= _IN_MEMORY_WRITE:
+            data = encode_dataset(job.out)  # the fast path, for the usual few-MB instance
+            tmp.write_bytes(data)
+            job.out_sha256, job.out_size = hashlib.sha256(data).hexdigest(), len(data)
+        else:
+            # Large (multi-frame) instances are written straight to the file: the worker holds
+            # the pixel data once, not three times.
+            job.out.save_as(tmp, enforce_file_format=True)
+            job.out_sha256, job.out_size = sha256_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # an output that could not be encoded leaves nothing
+        raise
     # Staging is a cache: lost or torn files are detected by size and redone from the spool.
     tmp.replace(target)
     return job
@@ -175,7 +180,18 @@ def process_instance(order: WorkOrder) -> WorkResult:
     job = _Job(order)
     try:
         for stage in STAGES:
-            job = stage(job)
+            try:
+                job = stage(job)
+            except Quarantine:
+                raise
+            except Exception:
+                # pydicom raises on a malformed value only when it is first touched, in any
+                # stage: an input problem is a quarantine with its reason; anything else is
+                # a bug and goes up ("processing failed").
+                problem = diagnose(job.ds)
+                if problem is None:
+                    raise
+                raise Quarantine(stage.__name__.strip("_"), f"invalid dataset: {problem}") from None
     except Quarantine as q:
         return WorkResult(
             raw_sha256=job.raw_sha256,

@@ -152,7 +152,11 @@ def decode(ds: Dataset) -> Decoded:
     try:
         options: dict[str, Any] = {"as_rgb": True}
         arr, meta = decoder.as_array(ds, **options)
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        # BaseException: a Rust decoder (pylibjpeg-rle) panics on a corrupt RLE segment, and
+        # pyo3's PanicException is not an Exception (found by fuzzing; it ended the worker)
         raise PixelError(
             f"pixel data cannot be decoded (transfer syntax {ts.name}: {type(exc).__name__})"
         ) from None
