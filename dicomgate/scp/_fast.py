@@ -56,6 +56,7 @@ import threading
 import time
 from copy import deepcopy
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import pynetdicom
@@ -346,6 +347,30 @@ class FastDIMSE(DIMSEServiceProvider):
                 return
         super().send_msg(primitive, context_id)
 
+    def receive_primitive(self, primitive: Any) -> None:
+        """pynetdicom's, except that a command fragment arriving while a C-STORE's data set is
+        being received is a protocol error (PS3.7 9.3.1: one command set, then its data set).
+        pynetdicom would decode it as a new command and open a second temporary file in
+        ``incoming/``, orphaning the first (found by fuzzing: a duplicated command fragment);
+        raising here makes the DUL abort the association and remove the first.
+
+        A P-DATA with several PDVs is taken one PDV at a time (pynetdicom decodes them in order
+        anyway), so the check also sees a second command inside the same PDU."""
+        if not isinstance(primitive, P_DATA):
+            super().receive_primitive(primitive)
+            return
+        pdvs = primitive.presentation_data_value_list
+        if len(pdvs) > 1:
+            for pdv in pdvs:
+                single = P_DATA()
+                single.presentation_data_value_list = [pdv]
+                self.receive_primitive(single)
+            return
+        streaming = getattr(self.message, "_data_set_file", None) is not None
+        if streaming and any(data[:1] and data[0] & 1 for _, data in pdvs):
+            raise ValueError("a command fragment inside a C-STORE data set")
+        super().receive_primitive(primitive)
+
     def _plain_dimse_sent(self) -> bool:
         handlers = self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
         return all(h[0] is standard_dimse_sent_handler for h in cast(list[Any], handlers))
@@ -465,16 +490,7 @@ class FastDUL(DULServiceProvider):
             except Exception as exc:
                 DUL_LOGGER.error("Exception in DUL.run(), aborting association")
                 DUL_LOGGER.exception(exc)
-                # Bypass the state machine and send an A-ABORT (as pynetdicom does)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                # Hard shutdown of the Association and DUL reactors
-                self.assoc._kill = True
-                self._kill_thread = True
+                self._abort_hard()
                 return
 
             # Check the event queue to see if there is anything to do
@@ -484,8 +500,43 @@ class FastDUL(DULServiceProvider):
                 sleep = True
                 continue
 
-            self.state_machine.do_action(event)
+            # CHANGED: pynetdicom lets an exception of the state machine end the thread (a
+            # malformed DIMSE command set raises AttributeError/KeyError in decode_msg, an
+            # unexpected PDU InvalidEventError: found by fuzzing); abort like a recv error.
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:
+                DUL_LOGGER.error(
+                    "Exception in the DUL state machine (%s), aborting association",
+                    type(exc).__name__,
+                )
+                DUL_LOGGER.debug("state machine exception", exc_info=exc)
+                self._abort_hard()
+                return
             sleep = False
+
+    def _abort_hard(self) -> None:
+        """Bypass the state machine and send an A-ABORT (as pynetdicom does), then stop both
+        reactors."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02
+        abort_pdu.reason_diagnostic = 0x00
+        with contextlib.suppress(OSError, AttributeError):
+            cast("AssociationSocket", self.socket).send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        # Hard shutdown of the Association and DUL reactors
+        self.assoc._kill = True
+        self._kill_thread = True
+        # A C-STORE whose command set was decoded streams its dataset to a temporary file in
+        # incoming/ (then decoding failed: a context that was not accepted, an unusable
+        # character set): it was never acknowledged, so it goes — nobody else will see it.
+        message = getattr(getattr(self.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.close()
+                Path(partial.name).unlink(missing_ok=True)
 
 
 class _WakingCheckpoint(threading.Event):
@@ -520,6 +571,23 @@ class FastAssociation(Association):
         self.dimse_timeout = self.dimse_timeout
         self.network_timeout = self.network_timeout
         self.dimse.msg_queue = _WakeQueue(self._wake.set)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """pynetdicom's, then the C-STORE's streamed data set file goes if it is still there.
+
+        pynetdicom deletes it only after a handler ran; on its other paths — an unknown SOP
+        Class UID in the command, a rejected context, a request during release — the file
+        stayed in ``incoming/`` (found by fuzzing). A handler that kept the instance moved it
+        into the spool already, so this never removes an acknowledged instance.
+        """
+        try:
+            super()._serve_request(msg, context_id)
+        finally:
+            partial = getattr(msg, "_dataset_file", None)
+            if partial is not None:
+                with contextlib.suppress(OSError):
+                    partial.close()
+                    Path(partial.name).unlink(missing_ok=True)
 
     @property
     def _kill(self) -> bool:

@@ -158,6 +158,17 @@ class PolicyACSE(ACSE):
             else:
                 try:
                     super()._negotiate_as_acceptor()
+                except Exception as exc:
+                    # pynetdicom raises on some malformed request items (an abstract syntax
+                    # that is not a UID, found by fuzzing): abort, never a dead thread
+                    log.warning(
+                        "malformed association request, aborted",
+                        peer=peer,
+                        calling_ae=calling_ae,
+                        error=type(exc).__name__,
+                    )
+                    self.send_ap_abort(0x06)  # invalid PDU parameter value
+                    self.assoc.kill()
                 finally:
                     self.gate.release_reservation()
                 return

@@ -704,8 +704,9 @@ def _how_it_ended(assoc: Any, event_says: str) -> str:
 
 def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
     how = _how_it_ended(event.assoc, how)
-    if how != "released":
-        _discard_partial_dataset(event.assoc)
+    # Released too: a peer may release with a data set still unfinished (its last fragment
+    # never came; found by fuzzing). A finished one is no longer the DIMSE's current message.
+    _discard_partial_dataset(event.assoc)
     info = scp.forget(event.assoc)
     if info is not None:
         scp.audit.received(
