@@ -4,7 +4,8 @@ Run only *after* something failed (:func:`dicomgate.pipeline._work.process_insta
 :func:`dicomgate.deid.deidentify_file`): the happy path never pays for it, since the engine
 copies kept elements as read, undecoded. Found by fuzzing (``tests/fuzz``): a sender can put
 an element on the wire whose value its VR cannot hold (an odd number of bytes for US, a UI
-with an OB VR), a standard attribute under a VR the standard does not give it, Pixel Data
+with an OB VR), a value pydicom decodes but cannot encode again (an IS that is not a number),
+a standard attribute under a VR the standard does not give it, Pixel Data
 not encapsulated under a compressed transfer syntax, or a transfer syntax pydicom cannot
 write. pydicom raises on each (``BytesLengthException``, ``NotImplementedError``,
 ``ValueError``, ``TypeError``...) only when the value is first touched — anywhere in the
@@ -16,8 +17,10 @@ Reasons name tags and VRs, never a value (promise 2 covers logs and quarantine r
 from __future__ import annotations
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.uid import UID
 
 __all__ = ["diagnose"]
@@ -44,6 +47,20 @@ def _vr_mismatch(tag: int, vr: str) -> str | None:
     return f"{_tag(tag)} has VR {vr}, the standard gives it {allowed}"
 
 
+def _writable(elem: DataElement, encodings: str | list[str]) -> bool:
+    """Whether pydicom can write the decoded value again (an IS or DS that is not a number,
+    text its character set cannot encode: the writer raises on those)."""
+    if elem.VR in _BYTES_VRS or elem.VR == "SQ":
+        return True
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    try:
+        write_data_element(fp, elem, encodings)
+    except Exception:
+        return False
+    return True
+
+
 def _walk(ds: Dataset, depth: int) -> str | None:
     if depth > _MAX_DEPTH:
         return "sequences nested too deeply"
@@ -55,6 +72,8 @@ def _walk(ds: Dataset, depth: int) -> str | None:
             elem = ds[tag]  # decodes a raw element: pydicom raises here on a bad value
         except Exception as exc:
             return f"{_tag(int(tag))} ({vr}) cannot be decoded ({type(exc).__name__})"
+        if not _writable(elem, ds._character_set):
+            return f"{_tag(int(tag))} ({elem.VR}) cannot be encoded again"
         # as decoded: pydicom reads a UN element of a known attribute as its VR
         mismatch = mismatch or _vr_mismatch(int(tag), str(elem.VR))
         if elem.VR == "SQ":
@@ -76,12 +95,12 @@ def _transfer_syntax(ds: Dataset) -> str | None:
         return "the transfer syntax is not one this node can write"
     pixels = ds.get_item(0x7FE00010)
     if ts.is_compressed and pixels is not None:
-        undefined = (
-            pixels.length == 0xFFFFFFFF
-            if isinstance(pixels, RawDataElement)
-            else pixels.is_undefined_length
-        )
-        if not undefined:
+        if isinstance(pixels, RawDataElement):
+            encapsulated = pixels.length == 0xFFFFFFFF
+        else:  # by its value: the writer may have flagged the (shared) element undefined
+            value = pixels.value
+            encapsulated = isinstance(value, bytes) and value[:4] == b"\xfe\xff\x00\xe0"
+        if not encapsulated:
             return "Pixel Data is not encapsulated, as its compressed transfer syntax requires"
     return None
 

@@ -555,6 +555,15 @@ class _WakingCheckpoint(threading.Event):
         self._wake_reactor.set()
 
 
+def _discard_dataset_file(msg: Any) -> None:
+    """Close and remove a received C-STORE's streamed data set file, if it is still there."""
+    partial = getattr(msg, "_dataset_file", None)
+    if partial is not None:
+        with contextlib.suppress(OSError):
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+
+
 class FastAssociation(Association):
     """An acceptor ``Association`` whose reactor waits on an event instead of sleeping 1 ms."""
 
@@ -572,6 +581,20 @@ class FastAssociation(Association):
         self.network_timeout = self.network_timeout
         self.dimse.msg_queue = _WakeQueue(self._wake.set)
 
+    def run_reactor(self) -> None:
+        """pynetdicom's; then the data set files of C-STOREs received but never served (the
+        association ended with them still queued: found by fuzzing) are removed."""
+        try:
+            super().run_reactor()
+        finally:
+            pending = getattr(self.dimse, "msg_queue", None)
+            while pending is not None:
+                try:
+                    _, msg = pending.get(block=False)
+                except queue.Empty:
+                    break
+                _discard_dataset_file(msg)
+
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """pynetdicom's, then the C-STORE's streamed data set file goes if it is still there.
 
@@ -583,11 +606,7 @@ class FastAssociation(Association):
         try:
             super()._serve_request(msg, context_id)
         finally:
-            partial = getattr(msg, "_dataset_file", None)
-            if partial is not None:
-                with contextlib.suppress(OSError):
-                    partial.close()
-                    Path(partial.name).unlink(missing_ok=True)
+            _discard_dataset_file(msg)
 
     @property
     def _kill(self) -> bool:
