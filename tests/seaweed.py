@@ -126,6 +126,18 @@ class SeaweedFS:
         finally:
             client.close()
 
+    def keys(self, bucket: str) -> list[str]:
+        """Every object key in ``bucket``."""
+        client = self.client()
+        try:
+            return [
+                o["Key"]
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])
+            ]
+        finally:
+            client.close()
+
     # -- process control -------------------------------------------------------------------------
 
     def _argv(self, weed: str) -> list[str]:

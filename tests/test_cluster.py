@@ -138,18 +138,6 @@ def _nodes(tmp_path: Path, names: list[str], **kw: Any) -> Iterator[dict[str, No
         }
 
 
-def _keys(seaweed: SeaweedFS, bucket: str) -> list[str]:
-    client = seaweed.client()
-    try:
-        return [
-            o["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])
-        ]
-    finally:
-        client.close()
-
-
 def _manifest(seaweed: SeaweedFS, bucket: str, key: str) -> dict[str, Any]:
     client = seaweed.client()
     try:
@@ -227,7 +215,7 @@ def test_study_split_across_nodes_is_delivered_once(
     ):
         _send_parts(dcmtk, [nodes[n].port for n in names], _split(paths, count, tmp_path))
         assert wait_for(lambda: hook.versions() == [1], 180), nodes["n0"].log_text()[-3000:]
-        kinds = _by_kind(_keys(seaweed, bucket))
+        kinds = _by_kind(seaweed.keys(bucket))
         assert len(kinds["instance"]) == 300
         assert sorted(kinds["manifest"]) == ["manifest-v1.json", "manifest.json"]
         [note] = hook.received
@@ -240,10 +228,10 @@ def test_study_split_across_nodes_is_delivered_once(
         assert send_files("127.0.0.1", nodes[names[-1]].port, [late]) == [0]
         assert wait_for(lambda: hook.versions() == [1, 2], 60), hook.versions()
         assert not wait_for(lambda: len(hook.received) > 2, 3)  # nothing more
-    kinds = _by_kind(_keys(seaweed, bucket))
+    kinds = _by_kind(seaweed.keys(bucket))
     assert len(kinds["instance"]) == 301
     assert sorted(kinds["manifest"]) == ["manifest-v1.json", "manifest-v2.json", "manifest.json"]
-    v2 = next(k for k in _keys(seaweed, bucket) if k.endswith("manifest-v2.json"))
+    v2 = next(k for k in seaweed.keys(bucket) if k.endswith("manifest-v2.json"))
     assert len(_manifest(seaweed, bucket, v2)["instances"]) == 301
 
 
@@ -265,7 +253,7 @@ def test_workers_on_one_sqlite_store_deliver_once(
             workers = {e["node"] for e in node.events("association established")}
             assert workers <= {"host-w0", "host-w1"}
     assert hook.received[0]["counts"]["instances"] == 300
-    kinds = _by_kind(_keys(seaweed, bucket))
+    kinds = _by_kind(seaweed.keys(bucket))
     assert len(kinds["instance"]) == 300
     assert sorted(kinds["manifest"]) == ["manifest-v1.json", "manifest.json"]
 
@@ -311,7 +299,7 @@ def test_sigkilled_node_loses_nothing_it_acknowledged(
         assert any(e["event"] == "node stopped, its work released" for e in n["b"].lines)
     versions = hook.versions()
     assert versions == list(range(1, len(versions) + 1))  # each version announced once
-    kinds = _by_kind(_keys(seaweed, bucket))
+    kinds = _by_kind(seaweed.keys(bucket))
     assert len(kinds["instance"]) == 120  # a's acknowledged and b's, none twice
     assert sorted(kinds["manifest"]) == sorted(
         ["manifest.json", *(f"manifest-v{v}.json" for v in versions)]
@@ -346,7 +334,7 @@ def test_node_killed_while_announcing_makes_no_second_manifest(
         first, again = hook.received
         assert first["manifest_version"] == again["manifest_version"] == 1
         assert first["counts"] == again["counts"] and first["counts"]["instances"] == 20
-    kinds = _by_kind(_keys(seaweed, bucket))
+    kinds = _by_kind(seaweed.keys(bucket))
     assert sorted(kinds["manifest"]) == ["manifest-v1.json", "manifest.json"]
     assert len(kinds["instance"]) == 20
 

@@ -23,18 +23,6 @@ from tests.pipeline.webhook import webhook_server
 from tests.seaweed import SeaweedFS, run_seaweedfs
 
 
-def _keys(seaweed: SeaweedFS, bucket: str) -> list[str]:
-    client = seaweed.client()
-    try:
-        return [
-            o["Key"]
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])
-        ]
-    finally:
-        client.close()
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -64,7 +52,7 @@ def test_s3_outage_mid_study_then_delivered_once(tmp_path: Path, dcmtk: dict[str
             time.sleep(1.5)
             assert hook.versions() == [1]
             assert hook.latest()["counts"]["instances"] == 20
-        assert len(_keys(s3, "outage-test")) == 20 + 3
+        assert len(s3.keys("outage-test")) == 20 + 3
 
 
 @pytest.mark.slow
@@ -78,12 +66,12 @@ def test_sigkill_mid_pipeline_then_late_instance(
         env = node_env(seaweed, bucket, hook, DICOMGATE_STABLE_AFTER="2")
         with serve_process(data_dir, env=env) as node:
             storescu(dcmtk, node.port, tmp_path / "study")
-            assert wait_for(lambda: len(_keys(seaweed, bucket)) >= 10, timeout=60)
+            assert wait_for(lambda: len(seaweed.keys(bucket)) >= 10, timeout=60)
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait(10)
             # its de-identification workers die with it (PR_SET_PDEATHSIG), no orphans
             assert wait_for(lambda: not _group_alive(node.proc.pid), timeout=10)
-        uploaded_before = len(_keys(seaweed, bucket))
+        uploaded_before = len(seaweed.keys(bucket))
         assert hook.versions() == [], "killed before the study completed"
 
         with serve_process(data_dir, env=env) as node:
@@ -91,7 +79,7 @@ def test_sigkill_mid_pipeline_then_late_instance(
             time.sleep(2.5)
             assert hook.versions() == [1]
             assert hook.latest()["counts"]["instances"] == 150
-            keys = _keys(seaweed, bucket)
+            keys = seaweed.keys(bucket)
             assert len(keys) == len(set(keys)) == 150 + 3
             assert uploaded_before <= 150
 
@@ -113,4 +101,4 @@ def test_sigkill_mid_pipeline_then_late_instance(
             )["Body"].read()
             client.close()
             assert json.loads(body)["manifest_version"] == 2
-        assert len(_keys(seaweed, bucket)) == 151 + 5  # + index-v2, manifest-v2
+        assert len(seaweed.keys(bucket)) == 151 + 5  # + index-v2, manifest-v2
