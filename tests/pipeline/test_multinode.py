@@ -152,8 +152,10 @@ def test_open_association_on_one_node_holds_the_study_on_all(tmp_path: Path, sta
             assert b.state.held_studies() == {uid}
             # b de-identifies and uploads everything, but must not publish while a holds it
             assert wait_for(
-                lambda: {r.state for r in b.state.instances(study_instance_uid=uid)}  # type: ignore[union-attr]
-                == {InstanceState.UPLOADED},
+                lambda: (
+                    {r.state for r in b.state.instances(study_instance_uid=uid)}  # type: ignore[union-attr]
+                    == {InstanceState.UPLOADED}
+                ),
                 30,
             )
             assert not wait_for(lambda: b.state.study(uid).manifest_version > 0, 2)  # type: ignore[union-attr]
