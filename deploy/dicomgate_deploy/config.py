@@ -150,6 +150,41 @@ class VpcConfig(_Model):
         return self
 
 
+def _cidr(item: str) -> str:
+    """A CIDR network other than the whole internet (``0.0.0.0/0``, ``::/0``)."""
+    try:
+        net = ipaddress.ip_network(item)
+    except ValueError:
+        raise ValueError(f"{item!r} is not a network in CIDR notation") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{item!r} opens the port to the whole internet; list the peers' networks")
+    return item
+
+
+class EgressRule(_Model):
+    """One outbound rule of the tasks' security group: TCP to ``cidr`` on ``ports``."""
+
+    cidr: str
+    ports: list[int] = Field(min_length=1)
+    #: what it is for (the rule's description in the security group)
+    description: str = Field(
+        "dicomgate peer", max_length=200, pattern=r"^[A-Za-z0-9 ._:/()#,@+=&;{}!$*-]*$"
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _check_cidr(cls, value: str) -> str:
+        return _cidr(value)
+
+    @field_validator("ports")
+    @classmethod
+    def _check_ports(cls, value: list[int]) -> list[int]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{port} is not a TCP port")
+        return value
+
+
 class NetworkConfig(_Model):
     """Who may reach the DICOM listeners, and how."""
 
@@ -164,19 +199,15 @@ class NetworkConfig(_Model):
     ops_cidrs: list[str] = Field(default_factory=list)
     #: NLB deletion protection (turn off only to tear a test stack down)
     deletion_protection: bool = True
+    #: extra outbound rules of the tasks' security group: storage commitment callbacks to the
+    #: senders (the node's ``commitment_peers``), the audit repository (``audit.syslog_url``)
+    egress: list[EgressRule] = Field(default_factory=list)
 
     @field_validator("allowed_cidrs", "ops_cidrs")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for item in value:
-            try:
-                net = ipaddress.ip_network(item)
-            except ValueError:
-                raise ValueError(f"{item!r} is not a network in CIDR notation") from None
-            if net.prefixlen == 0:
-                raise ValueError(
-                    f"{item!r} opens the port to the whole internet; list the senders' networks"
-                )
+            _cidr(item)
         return value
 
 
@@ -194,8 +225,12 @@ class ServiceConfig(_Model):
     #: above which a task is added every 3 minutes (two above four times it)
     backlog_scale_out: int = Field(1000, ge=1)
     #: node processes per task (DICOMGATE_WORKERS, sharing the DICOM port); default: one per
-    #: vCPU of the task (the node's own default counts the host's CPUs, which on Fargate can
-    #: be more than the task may use)
+    #: vCPU of the task. Explicit although the node now counts the CPUs it may use itself
+    #: (affinity mask and cgroup v2 quota, dicomgate/_process.py): the stack must know the
+    #: number at synthesis, because worker i serves the ops endpoint on 8080 + i and the port
+    #: mappings and the ops security-group rule are made for exactly these ports; and what a
+    #: Fargate microVM shows (CPUs online, cgroup version) is not the task size on every
+    #: platform version
     workers: int = Field(1, ge=1, le=16)
     #: task storage (GiB) for the data directory (staging of de-identified files); 20-200
     ephemeral_storage_gib: int = Field(30, ge=21, le=200)
@@ -310,11 +345,11 @@ class AlarmConfig(_Model):
 
 
 class TlsConfig(_Model):
-    """DICOM TLS on 2762 (issue 12; terminates in the container, so mutual TLS is end to end).
+    """DICOM TLS on 2762 (the node's TLS listener; it terminates in the container, so mutual
+    TLS is end to end).
 
-    Off by default: the node's TLS listener is not built yet, and a target group whose port the
-    container does not listen on would fail its health checks and make ECS replace every task.
-    Turn it on with an image that serves ``DICOMGATE_TLS_PORT``.
+    Off by default only because it needs a certificate the operator provides: a Secrets
+    Manager secret (``secret_arn``) made from the site's PKI, which the stack cannot create.
     """
 
     enabled: bool = False
@@ -326,6 +361,9 @@ class TlsConfig(_Model):
     secret_kms_key_arn: str | None = None
     #: require client certificates (``DICOMGATE_TLS_CA_FILE`` from the secret's ``ca``)
     mutual: bool = False
+    #: keep the plaintext listener (11112); false: TLS only (``DICOMGATE_PLAINTEXT=false``: no
+    #: 11112 listener, target group or port, and the health check speaks TLS on ``port``)
+    plaintext: bool = True
 
     @model_validator(mode="after")
     def _checks(self) -> TlsConfig:
@@ -333,6 +371,37 @@ class TlsConfig(_Model):
             raise ValueError("enabled TLS needs secret_arn (the Secrets Manager secret's ARN)")
         if self.secret_kms_key_arn and not _ARN.match(self.secret_kms_key_arn):
             raise ValueError("secret_kms_key_arn must be a KMS key ARN")
+        if not self.plaintext and not self.enabled:
+            raise ValueError("plaintext false (TLS only) needs enabled TLS")
+        if self.port == 11112 and self.enabled and self.plaintext:
+            raise ValueError("port 11112 is the plaintext listener's; pick another TLS port")
+        return self
+
+
+class AuditConfig(_Model):
+    """The node's audit trail (PS3.15 A.5 messages): a local file, optionally sent to the
+    site's audit repository (syslog over TLS, RFC 5425)."""
+
+    #: write audit messages (``DICOMGATE_AUDIT_ENABLED``); each task writes its own file on EFS
+    enabled: bool = True
+    #: ``tls://host[:port]`` of the audit repository (port 6514 by default); the tasks need a
+    #: route and a ``network.egress`` rule to it
+    syslog_url: str | None = Field(None, pattern=r"^tls://[A-Za-z0-9.\[\]:-]+$")
+    #: PEM CA certificate(s) the repository's certificate is checked against (public material,
+    #: passed as a variable and written to a file); unset: the image's system CAs
+    syslog_ca_pem: str | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> AuditConfig:
+        if self.syslog_url and not self.enabled:
+            raise ValueError("syslog_url needs the audit trail enabled")
+        if self.syslog_ca_pem is not None:
+            if not self.syslog_url:
+                raise ValueError("syslog_ca_pem is for syslog_url")
+            if "-----BEGIN CERTIFICATE-----" not in self.syslog_ca_pem:
+                raise ValueError("syslog_ca_pem must hold PEM certificates")
+            if "PRIVATE KEY" in self.syslog_ca_pem:
+                raise ValueError("syslog_ca_pem holds a private key; give the CA certificate only")
         return self
 
 
@@ -350,6 +419,7 @@ class DeployConfig(_Model):
     notifications: NotificationConfig = Field(default_factory=NotificationConfig)
     alarms: AlarmConfig = Field(default_factory=AlarmConfig)
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     #: presigned link lifetime (s), capped by the signing credentials (see deploy/README.md)
     link_expiry_seconds: int = Field(6 * 3600, ge=60, le=7 * 24 * 3600)
     #: PS3.15 Annex E options on top of the Basic Profile
@@ -376,6 +446,19 @@ class DeployConfig(_Model):
             "DICOMGATE_SPOOL_DIR",
             "DICOMGATE_DATA_DIR",
             "DICOMGATE_PORT",
+            # sized into the ports, rules and health check the stack makes
+            "DICOMGATE_WORKERS",
+            "DICOMGATE_OPS_PORT",
+            "DICOMGATE_PLAINTEXT",
+            "DICOMGATE_TLS_PORT",
+            "DICOMGATE_TLS_CERT_FILE",
+            "DICOMGATE_TLS_KEY_FILE",
+            "DICOMGATE_TLS_CA_FILE",
+            # one file per task on EFS (see service.py)
+            "DICOMGATE_AUDIT_ENABLED",
+            "DICOMGATE_AUDIT_FILE",
+            "DICOMGATE_AUDIT_SYSLOG_URL",
+            "DICOMGATE_AUDIT_SYSLOG_CA_FILE",
         }
         clash = sorted(reserved & set(self.service.environment))
         if clash:

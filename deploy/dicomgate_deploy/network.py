@@ -9,7 +9,8 @@ Security groups, all with explicit egress:
 
 * NLB: inbound DICOM ports from ``network.allowed_cidrs`` only; outbound to the tasks' ports.
 * tasks: inbound DICOM ports from the NLB's group (and from the senders' networks when the
-  NLB preserves client addresses); outbound HTTPS (endpoints) and NFS to the spool.
+  NLB preserves client addresses); outbound HTTPS (endpoints), NFS to the spool (and audit
+  files), and the ``network.egress`` rules (commitment callbacks, audit repository).
 * EFS: NFS from the tasks only. Endpoints: HTTPS from the tasks only.
 """
 
@@ -43,10 +44,13 @@ class Network(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         c = config
-        self.dicom_ports: list[int] = [DICOM_PORT]
-        self.ops_ports = list(range(OPS_PORT, OPS_PORT + c.service.workers))
+        # the ports the container listens on, and so the NLB's listeners: 11112 unless TLS
+        # only (a listener the node does not open would fail its health checks for ever)
+        self.dicom_ports: list[int] = [DICOM_PORT] if c.tls.plaintext else []
         if c.tls.enabled:
             self.dicom_ports.append(c.tls.port)
+        # worker i of the task serves its ops endpoint on OPS_PORT + i
+        self.ops_ports = list(range(OPS_PORT, OPS_PORT + c.service.workers))
 
         if c.vpc.vpc_id is None:
             subnets = [
@@ -165,6 +169,14 @@ class Network(Construct):
         self.task_sg.add_egress_rule(
             ec2.Peer.any_ipv4(), ec2.Port.tcp(HTTPS), "HTTPS to VPC endpoints (AWS APIs)"
         )
+        # Peers outside AWS the node calls itself: storage commitment reports to senders whose
+        # association has closed (the node's commitment_peers), the audit repository (syslog
+        # over TLS). The subnets need a route there too (an existing VPC's VPN/TGW).
+        for rule in c.network.egress:
+            for port in rule.ports:
+                self.task_sg.add_egress_rule(
+                    _peer(rule.cidr), ec2.Port.tcp(port), f"{rule.description} (TCP {port})"
+                )
 
         # -- endpoints ----------------------------------------------------------------------
         self.endpoints: dict[str, ec2.InterfaceVpcEndpoint] = {}

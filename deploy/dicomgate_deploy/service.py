@@ -28,6 +28,7 @@ from aws_cdk import Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_efs as efs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -48,7 +49,12 @@ CONTAINER_NAME = "dicomgate"
 DATA_DIR = "/var/lib/dicomgate"
 #: where the EFS access point is mounted: the spool every node shares
 SPOOL_DIR = "/mnt/dicomgate-spool"
+#: where the audit access point is mounted: one directory per task (see _container_settings)
+AUDIT_DIR = "/mnt/dicomgate-audit"
 TLS_DIR = f"{DATA_DIR}/tls"
+AUDIT_CA_FILE = f"{DATA_DIR}/audit-syslog-ca.pem"
+#: the image's init (Dockerfile ENTRYPOINT): kept in front of the start-up shell step
+TINI = "/usr/bin/tini"
 STOP_TIMEOUT = Duration.seconds(120)
 SHUTDOWN_TIMEOUT = 90
 DEREGISTRATION_DELAY = Duration.seconds(120)
@@ -164,15 +170,16 @@ class Service(Construct):
             execution_role=self.execution_role,
             volumes=[
                 ecs.Volume(
-                    name="spool",
+                    name=name,
                     efs_volume_configuration=ecs.EfsVolumeConfiguration(
                         file_system_id=storage.spool.file_system_id,
                         transit_encryption="ENABLED",
                         authorization_config=ecs.AuthorizationConfig(
-                            access_point_id=storage.access_point.access_point_id, iam="ENABLED"
+                            access_point_id=point.access_point_id, iam="ENABLED"
                         ),
                     ),
                 )
+                for name, point in self._efs_volumes(storage)
             ],
         )
         if c.service.image_uri:
@@ -202,9 +209,10 @@ class Service(Construct):
             port_mappings=[
                 ecs.PortMapping(container_port=p, protocol=ecs.Protocol.TCP) for p in ports
             ],
-            # the image's own HEALTHCHECK, restated: ECS does not read Docker's
+            # the image's own HEALTHCHECK, restated (ECS does not read Docker's); over TLS when
+            # the node is TLS only
             health_check=ecs.HealthCheck(
-                command=["CMD", "dicomgate", "echo", "127.0.0.1", str(DICOM_PORT)],
+                command=["CMD", *health_check_command(c)],
                 interval=Duration.seconds(30),
                 timeout=Duration.seconds(15),
                 retries=3,
@@ -225,11 +233,16 @@ class Service(Construct):
         self.container.add_mount_points(
             ecs.MountPoint(container_path=SPOOL_DIR, source_volume="spool", read_only=False)
         )
+        if storage.audit_access_point is not None:
+            self.container.add_mount_points(
+                ecs.MountPoint(container_path=AUDIT_DIR, source_volume="audit", read_only=False)
+            )
         acknowledge(
             self.task_definition,
             "AwsSolutions-ECS2",
             "The environment holds settings and resource names/ARNs only (table, bucket, "
-            "topic, the key secret's ARN); the key and TLS material come from Secrets Manager.",
+            "topic, the key secret's ARN) and, with audit.syslog_ca_pem, a public CA "
+            "certificate; the key and TLS material come from Secrets Manager.",
         )
 
         # -- service --------------------------------------------------------------------------
@@ -386,55 +399,97 @@ class Service(Construct):
         env.update(c.service.environment)
 
         secrets: dict[str, ecs.Secret] = {}
-        entry_point = command = None
+        # A short /bin/sh step before the node (behind the image's tini) when the task needs
+        # files made at start: TLS material (the node reads files; ECS injects secrets as
+        # variables), the audit trail's per-task file on EFS, the audit repository's CA.
+        script: list[str] = []
         if c.tls.enabled:
-            assert c.tls.secret_arn is not None  # checked by the config
-            tls_key = (
-                kms.Key.from_key_arn(self, "TlsSecretKey", c.tls.secret_kms_key_arn)
-                if c.tls.secret_kms_key_arn
-                else None
+            script += self._tls_settings(c, env, secrets)
+        if not c.tls.plaintext:
+            env["DICOMGATE_PLAINTEXT"] = "false"
+        if c.audit.enabled:
+            script += self._audit_settings(c, env)
+        else:
+            env["DICOMGATE_AUDIT_ENABLED"] = "false"
+        if not script:
+            return env, secrets, None, None  # the image's own entry point: tini, dicomgate serve
+        script = ["set -eu", "umask 077", *script, "exec dicomgate serve"]
+        return env, secrets, [TINI, "--", "/bin/sh", "-c"], ["; ".join(script)]
+
+    def _tls_settings(
+        self, c: DeployConfig, env: dict[str, str], secrets: dict[str, ecs.Secret]
+    ) -> list[str]:
+        """DICOM TLS: the node (dicomgate/config.py: tls_port, tls_cert_file, tls_key_file,
+        tls_ca_file) opens its TLS listener on ``tls.port`` when certificate and key files are
+        set. The shell step writes them from the secret to the task's own storage (mode 0600,
+        uid 10001) and removes the variables; the execution role reads the secret."""
+        assert c.tls.secret_arn is not None  # checked by the config
+        tls_key = (
+            kms.Key.from_key_arn(self, "TlsSecretKey", c.tls.secret_kms_key_arn)
+            if c.tls.secret_kms_key_arn
+            else None
+        )
+        if _COMPLETE_SECRET_ARN.search(c.tls.secret_arn):
+            tls_secret = secretsmanager.Secret.from_secret_attributes(
+                self, "TlsSecret", secret_complete_arn=c.tls.secret_arn, encryption_key=tls_key
             )
-            if _COMPLETE_SECRET_ARN.search(c.tls.secret_arn):
-                tls_secret = secretsmanager.Secret.from_secret_attributes(
-                    self,
-                    "TlsSecret",
-                    secret_complete_arn=c.tls.secret_arn,
-                    encryption_key=tls_key,
-                )
-            else:
-                tls_secret = secretsmanager.Secret.from_secret_attributes(
-                    self,
-                    "TlsSecret",
-                    secret_partial_arn=c.tls.secret_arn,
-                    encryption_key=tls_key,
-                )
-            # The node (issue 12) reads certificate and key from files; ECS injects secrets as
-            # variables. A small shell step writes them to the task's own storage (mode 0600,
-            # uid 10001), removes the variables and execs the node.
-            env.update(
-                {
-                    "DICOMGATE_TLS_PORT": str(c.tls.port),
-                    "DICOMGATE_TLS_CERT_FILE": f"{TLS_DIR}/cert.pem",
-                    "DICOMGATE_TLS_KEY_FILE": f"{TLS_DIR}/key.pem",
-                }
+        else:
+            tls_secret = secretsmanager.Secret.from_secret_attributes(
+                self, "TlsSecret", secret_partial_arn=c.tls.secret_arn, encryption_key=tls_key
             )
-            secrets["TLS_CERT_PEM"] = ecs.Secret.from_secrets_manager(tls_secret, "cert")
-            secrets["TLS_KEY_PEM"] = ecs.Secret.from_secrets_manager(tls_secret, "key")
-            script = [
-                "set -eu",
-                "umask 077",
-                f"mkdir -p {TLS_DIR}",
-                f"printf '%s\\n' \"$TLS_CERT_PEM\" > {TLS_DIR}/cert.pem",
-                f"printf '%s\\n' \"$TLS_KEY_PEM\" > {TLS_DIR}/key.pem",
+        env.update(
+            {
+                "DICOMGATE_TLS_PORT": str(c.tls.port),
+                "DICOMGATE_TLS_CERT_FILE": f"{TLS_DIR}/cert.pem",
+                "DICOMGATE_TLS_KEY_FILE": f"{TLS_DIR}/key.pem",
+            }
+        )
+        files = {"TLS_CERT_PEM": ("cert", "cert.pem"), "TLS_KEY_PEM": ("key", "key.pem")}
+        if c.tls.mutual:
+            env["DICOMGATE_TLS_CA_FILE"] = f"{TLS_DIR}/ca.pem"
+            files["TLS_CA_PEM"] = ("ca", "ca.pem")
+            if not c.tls.plaintext:
+                # the TLS-only health check must present a client certificate the node trusts
+                files["TLS_HEALTH_CERT_PEM"] = ("health_cert", "health-cert.pem")
+                files["TLS_HEALTH_KEY_PEM"] = ("health_key", "health-key.pem")
+        script = [f"mkdir -p {TLS_DIR}"]
+        for variable, (field, name) in files.items():
+            secrets[variable] = ecs.Secret.from_secrets_manager(tls_secret, field)
+            script.append(f"printf '%s\\n' \"${variable}\" > {TLS_DIR}/{name}")
+        script.append("unset " + " ".join(files))
+        return script
+
+    def _audit_settings(self, c: DeployConfig, env: dict[str, str]) -> list[str]:
+        """The audit trail's local file on EFS, one per task. Not one file for all tasks: the
+        node appends with O_APPEND, which NFS does not make atomic across clients (two tasks'
+        messages could overwrite each other), and its syslog sender keeps one cursor per file
+        (``<file>.cursor``, taken by whoever holds ``<file>.cursor.lock``). Only the processes
+        of one task (``serve --workers``) share a file, as the node supports. The directory is
+        named after the task (the last part of ECS_CONTAINER_METADATA_URI_V4, which is unique
+        per task; the host name if it is missing), so the file outlives the task."""
+        script = [
+            'task="${ECS_CONTAINER_METADATA_URI_V4:-}"',
+            'task="${task##*/}"',
+            '[ -n "$task" ] || task="$(cat /proc/sys/kernel/hostname)"',
+            f'export DICOMGATE_AUDIT_FILE="{AUDIT_DIR}/$task/audit.log"',
+        ]
+        if c.audit.syslog_url:
+            env["DICOMGATE_AUDIT_SYSLOG_URL"] = c.audit.syslog_url
+        if c.audit.syslog_ca_pem:
+            env["AUDIT_SYSLOG_CA_PEM"] = c.audit.syslog_ca_pem
+            env["DICOMGATE_AUDIT_SYSLOG_CA_FILE"] = AUDIT_CA_FILE
+            script += [
+                f"printf '%s\\n' \"$AUDIT_SYSLOG_CA_PEM\" > {AUDIT_CA_FILE}",
+                "unset AUDIT_SYSLOG_CA_PEM",
             ]
-            if c.tls.mutual:
-                env["DICOMGATE_TLS_CA_FILE"] = f"{TLS_DIR}/ca.pem"
-                secrets["TLS_CA_PEM"] = ecs.Secret.from_secrets_manager(tls_secret, "ca")
-                script.append(f"printf '%s\\n' \"$TLS_CA_PEM\" > {TLS_DIR}/ca.pem")
-            script += ["unset TLS_CERT_PEM TLS_KEY_PEM TLS_CA_PEM", "exec dicomgate serve"]
-            entry_point = ["/bin/sh", "-c"]
-            command = ["; ".join(script)]
-        return env, secrets, entry_point, command
+        return script
+
+    @staticmethod
+    def _efs_volumes(storage: Storage) -> list[tuple[str, efs.IAccessPoint]]:
+        volumes: list[tuple[str, efs.IAccessPoint]] = [("spool", storage.access_point)]
+        if storage.audit_access_point is not None:
+            volumes.append(("audit", storage.audit_access_point))
+        return volumes
 
     def _task_policy(self, c: DeployConfig, key: kms.IKey, storage: Storage) -> None:
         """The task role's statements, each scoped to the one resource it is for, in one
@@ -534,7 +589,9 @@ class Service(Construct):
                 resources=[storage.spool.file_system_arn],
                 conditions={
                     "StringEquals": {
-                        "elasticfilesystem:AccessPointArn": storage.access_point.access_point_arn
+                        "elasticfilesystem:AccessPointArn": [
+                            point.access_point_arn for _, point in self._efs_volumes(storage)
+                        ]
                     }
                 },
             )
@@ -554,6 +611,19 @@ class Service(Construct):
             f"AwsSolutions-IAM5[Resource::<{_logical(storage.table, 'Arn')}>/index/*]",
             "Queries on the state table's own indexes (seven sparse GSIs); no other table.",
         )
+
+
+def health_check_command(c: DeployConfig) -> list[str]:
+    """The container's health check: a C-ECHO to the node itself over loopback. Plaintext on
+    11112 while that listener is open; TLS only: over TLS on the TLS port, without checking the
+    node's own certificate (it names the NLB's DNS name, not 127.0.0.1), presenting the
+    secret's ``health_cert``/``health_key`` when the node requires client certificates."""
+    if c.tls.plaintext:
+        return ["dicomgate", "echo", "127.0.0.1", str(DICOM_PORT)]
+    command = ["dicomgate", "echo", "--tls", "--no-verify"]
+    if c.tls.mutual:
+        command += ["--cert", f"{TLS_DIR}/health-cert.pem", "--key", f"{TLS_DIR}/health-key.pem"]
+    return [*command, "127.0.0.1", str(c.tls.port)]
 
 
 def _logical(construct: Construct, attribute: str) -> str:

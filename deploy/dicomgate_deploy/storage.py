@@ -242,7 +242,9 @@ class Storage(Construct):
             "HIPAA.Security-EFSInBackupPlan",
             "The spool holds raw (identifiable) instances only until they are delivered, then "
             "purges them (promise 2 of the design); backing it up would keep PHI for the "
-            "backup's retention. Durability comes from EFS itself (multi-AZ, fsync'd writes).",
+            "backup's retention. Durability comes from EFS itself (multi-AZ, fsync'd writes). "
+            "The audit files beside it (pseudonymized identifiers) are retained with the file "
+            "system and forwarded to the site's audit repository, its system of record.",
         )
         self.access_point = self.spool.add_access_point(
             "SpoolAccessPoint",
@@ -252,6 +254,19 @@ class Storage(Construct):
                 owner_uid=str(CONTAINER_UID), owner_gid=str(CONTAINER_UID), permissions="750"
             ),
         )
+        # The audit trail's files, one directory per task (service.py): on the same file
+        # system, beside the spool rather than in it, so that neither the spool's layout nor
+        # its purge ever meets them. None with the audit trail off.
+        self.audit_access_point: efs.AccessPoint | None = None
+        if c.audit.enabled:
+            self.audit_access_point = self.spool.add_access_point(
+                "AuditAccessPoint",
+                path="/dicomgate-audit",
+                posix_user=efs.PosixUser(uid=str(CONTAINER_UID), gid=str(CONTAINER_UID)),
+                create_acl=efs.Acl(
+                    owner_uid=str(CONTAINER_UID), owner_gid=str(CONTAINER_UID), permissions="700"
+                ),
+            )
 
         # -- study notifications ------------------------------------------------------------
         self.topic = sns.Topic(

@@ -79,6 +79,33 @@ PUBLIC: dict[str, Any] = {
 }
 
 
+#: a TLS-only node (no 11112 anywhere) with client certificates, two workers, its audit trail
+#: sent to the site's repository, and egress to that repository and to a sender that takes
+#: storage commitment reports
+TLS_ONLY: dict[str, Any] = {
+    "stack_name": "DgTlsOnly",
+    "network": {
+        "allowed_cidrs": ["10.10.0.0/16"],
+        "ops_cidrs": ["10.20.0.0/24"],
+        "egress": [
+            {"cidr": "10.30.0.10/32", "ports": [6514], "description": "audit repository"},
+            {"cidr": "10.10.4.0/24", "ports": [104, 11113], "description": "commitment peers"},
+        ],
+    },
+    "service": {"cpu": 2048, "memory_mib": 4096},
+    "tls": {
+        "enabled": True,
+        "plaintext": False,
+        "mutual": True,
+        "secret_arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:dicomgate/tls-XyZ123",
+    },
+    "audit": {
+        "syslog_url": "tls://audit.hospital.example:6514",
+        "syslog_ca_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    },
+}
+
+
 @dataclass
 class Synth:
     """One synthesized variant."""
@@ -162,7 +189,12 @@ def public(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     return synthesize(PUBLIC, tmp_path_factory.mktemp("public"))
 
 
-@pytest.fixture(scope="session", params=["default", "existing", "public"])
+@pytest.fixture(scope="session")
+def tls_only(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synthesize(TLS_ONLY, tmp_path_factory.mktemp("tls_only"))
+
+
+@pytest.fixture(scope="session", params=["default", "existing", "public", "tls_only"])
 def variant(request: pytest.FixtureRequest) -> Iterator[Synth]:
     """Each variant in turn, for checks that hold for all of them."""
     yield request.getfixturevalue(request.param)

@@ -75,6 +75,49 @@ def test_no_configuration() -> None:
         ({"service": {"log_retention_days": 100}}, "log_retention_days must be one of"),
         ({"vpc": {"vpc_id": "vpc-0123456789abcdef0"}}, "private_subnet_ids in at least two"),
         ({"tls": {"enabled": True}}, "needs secret_arn"),
+        ({"tls": {"plaintext": False}}, "tls: plaintext false (TLS only) needs enabled"),
+        ({"service": {"environment": {"DICOMGATE_WORKERS": "4"}}}, "may not set"),
+        ({"service": {"environment": {"DICOMGATE_AUDIT_FILE": "/x"}}}, "may not set"),
+        ({"service": {"environment": {"DICOMGATE_PLAINTEXT": "false"}}}, "may not set"),
+        (
+            {
+                "network": {
+                    "allowed_cidrs": ["10.0.0.0/8"],
+                    "egress": [{"cidr": "0.0.0.0/0", "ports": [104]}],
+                }
+            },
+            "network.egress.0.cidr",
+        ),
+        (
+            {
+                "network": {
+                    "allowed_cidrs": ["10.0.0.0/8"],
+                    "egress": [{"cidr": "10.1.0.0/16", "ports": []}],
+                }
+            },
+            "network.egress.0.ports",
+        ),
+        (
+            {
+                "network": {
+                    "allowed_cidrs": ["10.0.0.0/8"],
+                    "egress": [{"cidr": "10.1.0.0/16", "ports": [0]}],
+                }
+            },
+            "0 is not a TCP port",
+        ),
+        ({"audit": {"syslog_url": "udp://audit:514"}}, "audit.syslog_url"),
+        ({"audit": {"enabled": False, "syslog_url": "tls://audit"}}, "needs the audit trail"),
+        ({"audit": {"syslog_ca_pem": "-----BEGIN CERTIFICATE-----"}}, "syslog_ca_pem is for"),
+        (
+            {
+                "audit": {
+                    "syslog_url": "tls://audit",
+                    "syslog_ca_pem": "-----BEGIN CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----",
+                }
+            },
+            "holds a private key",
+        ),
         ({"vpc": {"flow_logs": False}}, "existing vpc_id only"),
         ({"link_expiry_seconds": 8 * 86400}, "link_expiry_seconds"),
         ({"deid_options": ["retain_everything"]}, "deid_options.0"),

@@ -119,7 +119,14 @@ def test_task_role_statements(default: Synth) -> None:
     spool = statements["SpoolMount"]
     assert spool["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
     assert spool["Resource"] == {"Fn::GetAtt": [s.logical_id(st.spool), "Arn"]}
-    assert "elasticfilesystem:AccessPointArn" in spool["Condition"]["StringEquals"]
+    # through the spool's and the audit files' access points only
+    points = spool["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+    assert [p["Fn::Join"][1][-1] for p in points] == [
+        {"Ref": s.logical_id(point)}
+        for point in (st.access_point, st.audit_access_point)
+        if point is not None
+    ]
+    assert all(":access-point/" in p["Fn::Join"][1] for p in points)
     # the task role has nothing else: no inline policy, no managed AWS policy
     role = s.data["Resources"][s.logical_id(s.stack.service.task_role)]["Properties"]
     assert "Policies" not in role and "ManagedPolicyArns" not in role

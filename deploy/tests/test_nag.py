@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dicomgate_deploy.config import parse, read_file
-from tests.conftest import EXAMPLE, EXISTING, PUBLIC, Synth, findings, synthesize
+from tests.conftest import EXAMPLE, EXISTING, PUBLIC, TLS_ONLY, Synth, findings, synthesize
 
 
 def test_no_unacknowledged_findings(variant: Synth) -> None:
@@ -17,11 +17,16 @@ def test_no_unacknowledged_findings(variant: Synth) -> None:
     assert findings(variant.report) == []
 
 
-@pytest.mark.parametrize("config", ["default", "existing", "public"])
+@pytest.mark.parametrize("config", ["default", "existing", "public", "tls_only"])
 def test_every_acknowledgment_is_needed(config: str, tmp_path: Path) -> None:
     """Synthesize with acknowledgments recorded but not applied: the findings must be exactly
     the acknowledged ones (none left over, none acknowledged for nothing)."""
-    data = {"default": read_file(EXAMPLE), "existing": EXISTING, "public": PUBLIC}[config]
+    data = {
+        "default": read_file(EXAMPLE),
+        "existing": EXISTING,
+        "public": PUBLIC,
+        "tls_only": TLS_ONLY,
+    }[config]
     raw = synthesize(data, tmp_path, raw=True, expect_ok=False)
     assert raw.report is not None
     found = findings(raw.report)

@@ -150,7 +150,7 @@ def test_dicom_ports_open_to_allowed_networks_only(variant: Synth) -> None:
     config = variant.stack.config
     nlb_sg = {"Fn::GetAtt": [variant.logical_id(variant.stack.network.nlb_sg), "GroupId"]}
     task_sg = {"Fn::GetAtt": [variant.logical_id(variant.stack.network.task_sg), "GroupId"]}
-    ports = [11112, 2762] if config.tls.enabled else [11112]
+    ports = ([11112] if config.tls.plaintext else []) + ([2762] if config.tls.enabled else [])
     rules = _ingress(variant)
     for rule in rules:
         assert rule.get("CidrIp") != "0.0.0.0/0"
@@ -167,7 +167,7 @@ def test_dicom_ports_open_to_allowed_networks_only(variant: Synth) -> None:
         for r in task_rules
         if "SourceSecurityGroupId" not in r
     }
-    expected_task = {(c, 8080) for c in config.network.ops_cidrs}
+    expected_task = {(c, 8080) for c in config.network.ops_cidrs}  # 8080..8080+workers-1
     if config.network.preserve_client_ip:
         expected_task |= expected  # the task sees the sender's address
     assert from_cidrs == expected_task
@@ -205,3 +205,36 @@ def test_existing_vpc_with_its_own_endpoints_and_flow_logs(tmp_path: Path) -> No
     s.template.resource_count_is("AWS::EC2::VPCEndpoint", 0)
     s.template.resource_count_is("AWS::EC2::FlowLog", 0)
     assert len(s.resources("AWS::Logs::LogGroup")) == 1  # the node's
+
+
+def test_egress_rules_for_commitment_peers_and_audit(tls_only: Synth, default: Synth) -> None:
+    """network.egress: one TCP rule of the tasks' group per CIDR and port, nothing wider; none
+    by default (the tasks reach the endpoints and the spool only)."""
+    task_sg = tls_only.logical_id(tls_only.stack.network.task_sg)
+    rules = tls_only.data["Resources"][task_sg]["Properties"]["SecurityGroupEgress"]
+    assert sorted((r.get("CidrIp"), r["FromPort"], r["ToPort"]) for r in rules) == [
+        ("0.0.0.0/0", 443, 443),
+        ("10.10.4.0/24", 104, 104),
+        ("10.10.4.0/24", 11113, 11113),
+        ("10.30.0.10/32", 6514, 6514),
+    ]
+    assert all(r["IpProtocol"] == "tcp" for r in rules)
+    descriptions = {r["Description"] for r in rules}
+    assert "commitment peers (TCP 104)" in descriptions
+    assert "audit repository (TCP 6514)" in descriptions
+    task = default.data["Resources"][default.logical_id(default.stack.network.task_sg)]
+    assert len(task["Properties"]["SecurityGroupEgress"]) == 1  # HTTPS only
+
+
+def test_tls_only_has_no_plaintext_port(tls_only: Synth) -> None:
+    """TLS only: 11112 is in no rule, listener or mapping; the ops rule spans both workers."""
+    assert "11112" not in json.dumps(
+        {k: v for k, v in tls_only.data["Resources"].items() if "SecurityGroup" in v["Type"]}
+    )
+    task_sg = {"Fn::GetAtt": [tls_only.logical_id(tls_only.stack.network.task_sg), "GroupId"]}
+    ops = [
+        r
+        for r in _ingress(tls_only)
+        if r["GroupId"] == task_sg and r.get("CidrIp") == "10.20.0.0/24"
+    ]
+    assert [(r["FromPort"], r["ToPort"]) for r in ops] == [(8080, 8081)]

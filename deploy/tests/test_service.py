@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from dicomgate_deploy import service as svc
-from tests.conftest import Synth
+from tests.conftest import TLS_ONLY, Synth, synthesize
 
 NLB_IDLE_TIMEOUT = 350  # seconds, fixed for NLB TCP flows
 
@@ -40,29 +41,37 @@ def test_task_definition(default: Synth) -> None:
     assert task_role != execution_role
     assert props["TaskRoleArn"] == {"Fn::GetAtt": [task_role, "Arn"]}
     assert props["ExecutionRoleArn"] == {"Fn::GetAtt": [execution_role, "Arn"]}
-    # the spool: EFS through the access point, TLS in transit, IAM authorization
-    (volume,) = props["Volumes"]
-    assert volume == {
-        "Name": "spool",
-        "EFSVolumeConfiguration": {
-            "FilesystemId": {"Ref": default.logical_id(default.stack.storage.spool)},
-            "TransitEncryption": "ENABLED",
-            "AuthorizationConfig": {
-                "AccessPointId": {"Ref": default.logical_id(default.stack.storage.access_point)},
-                "IAM": "ENABLED",
+    # the spool and the audit files: EFS through an access point each, TLS in transit, IAM
+    st = default.stack.storage
+    assert props["Volumes"] == [
+        {
+            "Name": name,
+            "EFSVolumeConfiguration": {
+                "FilesystemId": {"Ref": default.logical_id(st.spool)},
+                "TransitEncryption": "ENABLED",
+                "AuthorizationConfig": {
+                    "AccessPointId": {"Ref": default.logical_id(point)},
+                    "IAM": "ENABLED",
+                },
             },
-        },
-    }
+        }
+        for name, point in (("spool", st.access_point), ("audit", st.audit_access_point))
+    ]
     container = _container(default)
     assert container["MountPoints"] == [
-        {"ContainerPath": "/mnt/dicomgate-spool", "ReadOnly": False, "SourceVolume": "spool"}
+        {"ContainerPath": "/mnt/dicomgate-spool", "ReadOnly": False, "SourceVolume": "spool"},
+        {"ContainerPath": "/mnt/dicomgate-audit", "ReadOnly": False, "SourceVolume": "audit"},
     ]
     assert container["StopTimeout"] == 120
     assert container["Essential"] is True
     assert container["User"] == "10001:10001"
     assert container["HealthCheck"]["Command"] == ["CMD", "dicomgate", "echo", "127.0.0.1", "11112"]
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [11112, 8080]
-    assert "EntryPoint" not in container and "Command" not in container  # the image's serve
+    # the image's tini, then a shell step that names the task's audit file, then the node
+    assert container["EntryPoint"] == ["/usr/bin/tini", "--", "/bin/sh", "-c"]
+    (script,) = container["Command"]
+    assert script.startswith("set -eu; umask 077; ")
+    assert script.endswith("; exec dicomgate serve")
     assert "Secrets" not in container
     logging = container["LogConfiguration"]
     assert logging["LogDriver"] == "awslogs"
@@ -100,15 +109,18 @@ def test_environment_wiring(default: Synth) -> None:
     assert "DICOMGATE_NODE_ID" not in env  # each task is its own node (host name + pid)
     assert "DICOMGATE_NOTIFY_SQS_QUEUE_URL" not in env
     assert not any(k.startswith("DICOMGATE_TLS_") for k in env)
+    assert "DICOMGATE_PLAINTEXT" not in env  # the node's default: the plaintext listener
+    assert "DICOMGATE_AUDIT_ENABLED" not in env  # the node's default: on
+    assert "DICOMGATE_AUDIT_SYSLOG_URL" not in env
     # no secret value in the environment: only names and ARNs
     assert "DICOMGATE_SECRET_KEY" not in env
 
 
 def test_environment_names_are_node_settings(variant: Synth) -> None:
-    """Every DICOMGATE_* variable the stack sets is a setting of the node (dicomgate/config.py),
-    except TLS ones (issue 12, not in the node yet) — so none is ignored with a warning. When
-    issue 12 lands with other names, this test says which."""
+    """Every DICOMGATE_* variable the stack sets (the shell step's DICOMGATE_AUDIT_FILE too) is
+    a setting of the node (dicomgate/config.py), so none is ignored with a warning."""
     import ast
+    import re
 
     from dicomgate_deploy.config import REPO_ROOT
 
@@ -120,14 +132,10 @@ def test_environment_names_are_node_settings(variant: Synth) -> None:
         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
     }
     known = {f"DICOMGATE_{f.upper()}" for f in fields}
-    pending = {  # issue 12's settings, not in the node yet; the stack wires them already
-        "DICOMGATE_TLS_PORT",
-        "DICOMGATE_TLS_CERT_FILE",
-        "DICOMGATE_TLS_KEY_FILE",
-        "DICOMGATE_TLS_CA_FILE",
-    }
     names = {n for n in _env(variant) if n.startswith("DICOMGATE_")}
-    assert names - known - pending == set()
+    names |= set(re.findall(r"DICOMGATE_[A-Z0-9_]+", " ".join(_container(variant)["Command"])))
+    assert "DICOMGATE_TLS_CERT_FILE" in known and "DICOMGATE_AUDIT_FILE" in known
+    assert names - known == set()
 
 
 def test_existing_bucket_queue_and_options(existing: Synth) -> None:
@@ -165,11 +173,18 @@ def test_tls_secrets_wiring(existing: Synth, public: Synth) -> None:
     assert env["DICOMGATE_TLS_CERT_FILE"] == "/var/lib/dicomgate/tls/cert.pem"
     assert env["DICOMGATE_TLS_KEY_FILE"] == "/var/lib/dicomgate/tls/key.pem"
     assert env["DICOMGATE_TLS_CA_FILE"] == "/var/lib/dicomgate/tls/ca.pem"
-    assert container["EntryPoint"] == ["/bin/sh", "-c"]
+    assert container["EntryPoint"] == ["/usr/bin/tini", "--", "/bin/sh", "-c"]
     (script,) = container["Command"]
-    assert script.startswith("set -eu; umask 077;")
-    assert script.endswith("unset TLS_CERT_PEM TLS_KEY_PEM TLS_CA_PEM; exec dicomgate serve")
+    steps = script.split("; ")
+    assert steps[:3] == ["set -eu", "umask 077", "mkdir -p /var/lib/dicomgate/tls"]
+    for variable, name in (("TLS_CERT_PEM", "cert"), ("TLS_KEY_PEM", "key"), ("TLS_CA_PEM", "ca")):
+        assert f"printf '%s\\n' \"${variable}\" > /var/lib/dicomgate/tls/{name}.pem" in steps
+    assert "unset TLS_CERT_PEM TLS_KEY_PEM TLS_CA_PEM" in steps
+    assert steps[-1] == "exec dicomgate serve"
+    # the container listens where the NLB sends: 11112 and the TLS port
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [11112, 2762, 8080]
+    assert env.get("DICOMGATE_PLAINTEXT") is None  # both listeners
+    assert container["HealthCheck"]["Command"] == ["CMD", "dicomgate", "echo", "127.0.0.1", "11112"]
     # the execution role (not the task role) reads the TLS secret
     policy = next(
         iter(
@@ -197,6 +212,98 @@ def test_tls_secrets_wiring(existing: Synth, public: Synth) -> None:
     assert "DICOMGATE_TLS_CA_FILE" not in _env(public)
 
 
+def test_tls_only(tls_only: Synth) -> None:
+    """TLS only: DICOMGATE_PLAINTEXT=false, only the TLS port is mapped and balanced, and the
+    health check speaks TLS to the node itself, with the client certificate mutual TLS needs."""
+    env = _env(tls_only)
+    assert env["DICOMGATE_PLAINTEXT"] == "false"
+    assert env["DICOMGATE_TLS_PORT"] == "2762"
+    assert env["DICOMGATE_TLS_CA_FILE"] == "/var/lib/dicomgate/tls/ca.pem"
+    assert env["DICOMGATE_WORKERS"] == "2"
+    container = _container(tls_only)
+    assert [p["ContainerPort"] for p in container["PortMappings"]] == [2762, 8080, 8081]
+    assert container["HealthCheck"]["Command"] == [
+        "CMD",
+        "dicomgate",
+        "echo",
+        "--tls",
+        "--no-verify",
+        "--cert",
+        "/var/lib/dicomgate/tls/health-cert.pem",
+        "--key",
+        "/var/lib/dicomgate/tls/health-key.pem",
+        "127.0.0.1",
+        "2762",
+    ]
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:dicomgate/tls-XyZ123"
+    assert [(s["Name"], s["ValueFrom"]) for s in container["Secrets"]] == [
+        ("TLS_CERT_PEM", f"{arn}:cert::"),
+        ("TLS_KEY_PEM", f"{arn}:key::"),
+        ("TLS_CA_PEM", f"{arn}:ca::"),
+        ("TLS_HEALTH_CERT_PEM", f"{arn}:health_cert::"),
+        ("TLS_HEALTH_KEY_PEM", f"{arn}:health_key::"),
+    ]
+    (script,) = container["Command"]
+    assert "> /var/lib/dicomgate/tls/health-cert.pem" in script
+    # without client certificates, the TLS-only health check presents none
+    from dicomgate_deploy.config import parse
+
+    no_mutual = parse({**TLS_ONLY, "tls": {**TLS_ONLY["tls"], "mutual": False}})
+    assert svc.health_check_command(no_mutual) == [
+        "dicomgate",
+        "echo",
+        "--tls",
+        "--no-verify",
+        "127.0.0.1",
+        "2762",
+    ]
+
+
+def test_audit_trail_on_efs_per_task(default: Synth, tls_only: Synth) -> None:
+    """The audit file is on EFS (task storage is gone with the task), one directory per task
+    (tasks must not append to one file over NFS); the syslog URL and CA are wired."""
+    (script,) = _container(default)["Command"]
+    steps = script.split("; ")
+    assert 'task="${ECS_CONTAINER_METADATA_URI_V4:-}"' in steps
+    assert 'task="${task##*/}"' in steps
+    assert 'export DICOMGATE_AUDIT_FILE="/mnt/dicomgate-audit/$task/audit.log"' in steps
+    assert "DICOMGATE_AUDIT_FILE" not in _env(default)
+    st = default.stack.storage
+    default.template.has_resource_properties(
+        "AWS::EFS::AccessPoint",
+        {
+            "FileSystemId": {"Ref": default.logical_id(st.spool)},
+            "PosixUser": {"Uid": "10001", "Gid": "10001"},
+            "RootDirectory": {
+                "Path": "/dicomgate-audit",
+                "CreationInfo": {"OwnerUid": "10001", "OwnerGid": "10001", "Permissions": "700"},
+            },
+        },
+    )
+    env = _env(tls_only)
+    assert env["DICOMGATE_AUDIT_SYSLOG_URL"] == "tls://audit.hospital.example:6514"
+    assert env["DICOMGATE_AUDIT_SYSLOG_CA_FILE"] == "/var/lib/dicomgate/audit-syslog-ca.pem"
+    assert env["AUDIT_SYSLOG_CA_PEM"].startswith("-----BEGIN CERTIFICATE-----")
+    (script,) = _container(tls_only)["Command"]
+    steps = script.split("; ")
+    ca_write = "printf '%s\\n' \"$AUDIT_SYSLOG_CA_PEM\" > /var/lib/dicomgate/audit-syslog-ca.pem"
+    assert ca_write in steps
+    assert steps.index("unset AUDIT_SYSLOG_CA_PEM") > steps.index(ca_write)
+
+
+def test_audit_trail_off(tmp_path: Path) -> None:
+    """audit.enabled false: no audit access point or volume, the node told so, and nothing
+    left for the shell step: the image's own entry point."""
+    s = synthesize({**TLS_ONLY, "tls": {}, "audit": {"enabled": False}}, tmp_path)
+    container = _container(s)
+    assert _env(s)["DICOMGATE_AUDIT_ENABLED"] == "false"
+    assert "EntryPoint" not in container and "Command" not in container
+    assert len(s.resources("AWS::EFS::AccessPoint")) == 1
+    assert [v["Name"] for v in s.one("AWS::ECS::TaskDefinition")[1]["Properties"]["Volumes"]] == [
+        "spool"
+    ]
+
+
 def test_service_deployment(variant: Synth) -> None:
     _, service = variant.one("AWS::ECS::Service")
     props = service["Properties"]
@@ -209,7 +316,7 @@ def test_service_deployment(variant: Synth) -> None:
     assert deployment["MaximumPercent"] == 200
     assert props["HealthCheckGracePeriodSeconds"] == 120
     assert props["EnableExecuteCommand"] is False
-    ports = [11112, 2762] if config.tls.enabled else [11112]
+    ports = ([11112] if config.tls.plaintext else []) + ([2762] if config.tls.enabled else [])
     assert [lb["ContainerPort"] for lb in props["LoadBalancers"]] == ports
     networking = props["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert networking["AssignPublicIp"] == "DISABLED"
@@ -220,7 +327,7 @@ def test_service_deployment(variant: Synth) -> None:
 
 def test_nlb_listeners_and_targets(variant: Synth) -> None:
     config = variant.stack.config
-    ports = [11112, 2762] if config.tls.enabled else [11112]
+    ports = ([11112] if config.tls.plaintext else []) + ([2762] if config.tls.enabled else [])
     _, nlb = variant.one("AWS::ElasticLoadBalancingV2::LoadBalancer")
     props = nlb["Properties"]
     assert props["Type"] == "network"
