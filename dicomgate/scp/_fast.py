@@ -528,6 +528,11 @@ class FastDUL(DULServiceProvider):
         # Hard shutdown of the Association and DUL reactors
         self.assoc._kill = True
         self._kill_thread = True
+        # CHANGED: pynetdicom fires no event here, so whatever tracks open associations (the
+        # node's registry, its study holds) never heard of the end (found by fuzzing: every
+        # such association stayed "open" and in memory); report it as the abort it is.
+        with contextlib.suppress(Exception):
+            evt.trigger(self.assoc, evt.EVT_ABORTED, {})
         # A C-STORE whose command set was decoded streams its dataset to a temporary file in
         # incoming/ (then decoding failed: a context that was not accepted, an unusable
         # character set): it was never acknowledged, so it goes — nobody else will see it.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuzz.pdu import load_case, make_case, node_health, run_case, thread_deaths
-from tests.helpers import NodeHandle, start_node
+from tests.helpers import NodeHandle, start_node, wait_for
 
 CORPUS = sorted((Path(__file__).parent / "corpus" / "pdu").glob("*.pdu"))
 SEED = 20261206
@@ -29,11 +29,16 @@ def fuzz_node(tmp_path: Path) -> NodeHandle:
 
 def _healthy(node: NodeHandle, scratch: Path) -> None:
     assert node_health(node.host, node.port, node.data_dir, scratch) == []
+    # every association ended as far as the node knows: none stays "open" (holding its
+    # studies back from publication, and its memory) after a hard abort
+    scp = node.node.scp
+    assert wait_for(lambda: not scp.busy(), timeout=10), scp.open_associations()
 
 
 def test_recorded_crash_inputs(fuzz_node: NodeHandle, tmp_path: Path) -> None:
     """Each input that once killed a node thread (a malformed DIMSE command set, an unexpected
-    PDU, an A-ASSOCIATE-RQ pynetdicom could not negotiate) now gets an A-ABORT."""
+    PDU, an A-ASSOCIATE-RQ pynetdicom could not negotiate), left a file in ``incoming/`` or an
+    association the node thought open, now gets an A-ABORT and leaves nothing behind."""
     assert CORPUS
     with thread_deaths() as died:
         for path in CORPUS:
