@@ -140,6 +140,7 @@ def _walk(
     data: bytes, pos: int, end: int, implicit: bool, order: str, found: list[Element], limit: int
 ) -> None:
     endian = "<" if order == "little" else ">"
+    end = min(end, len(data))  # a File Meta group length may claim more than there is
     while pos + 8 <= end and len(found) < limit:
         group, elem = struct.unpack_from(f"{endian}HH", data, pos)
         tag = group << 16 | elem
