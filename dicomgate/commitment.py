@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from pynetdicom import AE, build_role
 
 from dicomgate._logging import get_logger
 from dicomgate._tracebacks import safe_traceback
+from dicomgate.audit import NULL_TRAIL, AuditTrail
 from dicomgate.config import Settings
 from dicomgate.ops.metrics import Metrics
 from dicomgate.state import (
@@ -86,6 +87,11 @@ NO_SUCH_ACTION = 0x0123
 _POLL = 0.25
 #: a reference without a row is looked at again this soon (s)
 _WAITING_RETRY = 0.25
+#: a report is sent no sooner than this after its N-ACTION: a requester that does not wait for
+#: the report on its association releases it at once, and an N-EVENT-REPORT crossing its
+#: A-RELEASE-RQ is never answered (pynetdicom then aborts an association already closing);
+#: one that waits is still there, and is answered on it
+_SETTLE = 0.5
 
 
 def _valid_uid(value: object) -> bool:
@@ -216,6 +222,9 @@ class _Peer:
 
 class CommitmentReporter:
     """The node's thread that answers pending commitments (see the module's notes)."""
+
+    #: the node's audit trail: each delivered report is recorded (the node sets it)
+    audit: AuditTrail = NULL_TRAIL
 
     def __init__(
         self,
@@ -351,6 +360,12 @@ class CommitmentReporter:
                 retry_at=now + _WAITING_RETRY,
             )
             return
+        settle = commitment.requested_at + _SETTLE - now
+        if settle > 0:
+            self.state.finish_commitment(
+                lease, state=CommitmentState.PENDING, outcome="decided", retry_at=now + settle
+            )
+            return
         event_type, ds, failed = report_dataset(commitment.transaction_uid, results)
         error = self._deliver(commitment, event_type, ds)
         txn = commitment.transaction_uid
@@ -363,6 +378,7 @@ class CommitmentReporter:
             )
             self._delivery_failures.pop(txn, None)
             self._count("committed" if not failed else "failed")
+            self._audit(commitment, rows, results, failed)
             log.info(
                 "storage commitment reported",
                 references=len(results),
@@ -386,6 +402,23 @@ class CommitmentReporter:
         )
         log.warning("storage commitment report not delivered, will retry", error=error, in_s=delay)
 
+    def _audit(
+        self,
+        commitment: Commitment,
+        rows: Mapping[str, InstanceRecord],
+        results: list[tuple[CommitmentRef, int]],
+        failed: int,
+    ) -> None:
+        """DICOM Instances Transferred (action R) to the requester: committed per study."""
+        studies: dict[str, int] = {}
+        for ref, code in results:
+            rec = rows.get(ref.sop_instance_uid)
+            if code == SUCCESS and rec is not None:
+                studies[rec.study_instance_uid] = studies.get(rec.study_instance_uid, 0) + 1
+        self.audit.commitment(
+            calling_ae=commitment.calling_ae, peer=None, studies=studies, failed=failed
+        )
+
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.commitments.labels(result=result).inc()
@@ -399,6 +432,10 @@ class CommitmentReporter:
             assoc = self.open_association(
                 commitment.association_id if mine else "", commitment.calling_ae
             )
+        if assoc is not None and not _idle(assoc):
+            # the requester is releasing it (an N-EVENT-REPORT crossing its A-RELEASE-RQ is
+            # never answered): call back instead
+            assoc = None
         if assoc is not None:
             try:
                 error = _send(assoc, event_type, ds)
@@ -441,6 +478,12 @@ class CommitmentReporter:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+
+def _idle(assoc: Any) -> bool:
+    """Established and in PS3.8's Sta6 (data transfer): no release under way."""
+    machine = getattr(getattr(assoc, "dul", None), "state_machine", None)
+    return bool(assoc.is_established) and getattr(machine, "current_state", None) == "Sta6"
 
 
 def _send(assoc: Any, event_type: int, ds: Dataset) -> str | None:

@@ -408,7 +408,7 @@ class Node:
             mpps=MppsService(self.state, self.metrics),
             listen_sockets=self.listen_sockets,
         )
-        self.scp.audit = self.audit
+        self.scp.audit = self.commitments.audit = self.audit
         gate = getattr(self.scp, "gate", None)  # security events: TLS, rejections
         if gate is not None:
             gate.on_event = self.audit.on_security_event

@@ -92,6 +92,7 @@ def _n_action(
     wait_report: bool = False,
     action_type: int = 1,
     aet: str = "REQUESTER",
+    take_reports: bool = True,
 ) -> tuple[int, tuple[int, Dataset] | None]:
     """Send one N-ACTION; with ``wait_report`` keep the association open for the report."""
     reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
@@ -107,7 +108,7 @@ def _n_action(
         handle.host,
         handle.port,
         ae_title="DICOMGATE",
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)] if take_reports else [],
     )
     assert assoc.is_established
     try:
@@ -144,6 +145,19 @@ def test_report_on_the_requesting_association(tmp_path: Path) -> None:
         assert wait_for(
             lambda: h.node.state.commitment(txn).state == CommitmentState.REPORTED  # type: ignore[union-attr]
         )
+    # the audit trail records the report: Instances Transferred (110104), action R, to the
+    # requester, the study by its pseudonym (never the original Study Instance UID)
+    from tests.audit.helpers import assert_valid, audit_lines, event_id
+
+    study = str(dcmread(paths[0]).StudyInstanceUID)
+    docs = [assert_valid(line) for line in audit_lines(tmp_path / "node" / "audit" / "audit.log")]
+    [report_doc] = [
+        d
+        for d in docs
+        if event_id(d) == "110104" and d.find("EventIdentification").get("EventActionCode") == "R"
+    ]
+    assert "REQUESTER" in {p.get("UserID") for p in report_doc.findall("ActiveParticipant")}
+    assert all(study not in line for line in audit_lines(tmp_path / "node" / "audit" / "audit.log"))
 
 
 def test_report_on_a_new_association_with_failures(tmp_path: Path, listener: Listener) -> None:
@@ -192,11 +206,12 @@ def test_pending_commitment_answered_after_restart(tmp_path: Path, listener: Lis
     paths = write_tiny_study(tmp_path / "in", 2)
     port = int(listener.server.server_address[1])
     data = tmp_path / "node"
-    # no peer configured: the first run cannot deliver and keeps it pending
+    # no peer configured, and a requester that refuses reports on its own association (it may
+    # still be open when the report is ready): the first run cannot deliver, keeps it pending
     with start_node(data) as h:
         assert send_files(h.host, h.port, paths, aet="REQUESTER") == [0, 0]
         txn, ds = _request(paths)
-        assert _n_action(h, ds)[0] == 0
+        assert _n_action(h, ds, take_reports=False)[0] == 0
         assert wait_for(
             lambda: (
                 (c := h.node.state.commitment(txn)) is not None  # type: ignore[union-attr]
