@@ -394,3 +394,43 @@ def test_sighup_swaps_certificates_while_an_association_is_open(tmp_path: Path, 
         before.release()
         after.release()
         assert proc.proc.poll() is None  # SIGHUP did not stop it
+
+
+def test_workers_serve_tls_and_reload_on_sighup(
+    tmp_path: Path, pki: Pki, dcmtk: dict[str, str]
+) -> None:
+    """serve --workers 2 with TLS: both listeners are the supervisor's sockets, DCMTK stores
+    over mutual TLS to whichever worker accepts, and SIGHUP to the supervisor reaches every
+    worker (each reloads its certificate)."""
+    cert, key = _swap_certificate(pki, tmp_path / "live")
+    env = {
+        "DICOMGATE_WORKERS": "2",
+        "DICOMGATE_TLS_PORT": "0",
+        "DICOMGATE_TLS_CERT_FILE": str(cert),
+        "DICOMGATE_TLS_KEY_FILE": str(key),
+        "DICOMGATE_TLS_CA_FILE": str(pki.ca.cert),
+    }
+    with serve_process(tmp_path / "d", env=env, listeners=2) as proc:
+        started = proc.events("node started")
+        tls_ports = {int(e["tls_listen"].rsplit(":", 1)[1]) for e in started}
+        assert len(started) == 2 and len(tls_ports) == 1  # one TLS port, both workers
+        [tls_port] = tls_ports
+        tls = ["+tls", str(pki.client.key), str(pki.client.cert), "+cf", str(pki.ca.cert)]
+        write_tiny_study(tmp_path / "study", 4)
+        for _ in range(3):  # several associations: whichever worker accepts, TLS works
+            store = subprocess.run(
+                [dcmtk["storescu"], "-aet", "CT1", "-aec", "DICOMGATE", *tls, "+sd", "+r",
+                 "127.0.0.1", str(tls_port), str(tmp_path / "study")],
+                capture_output=True, text=True, timeout=120,
+                env={**os.environ, "TCP_NODELAY": "1"},
+            )  # fmt: skip
+            assert store.returncode == 0, store.stderr
+        _replace(pki.server2, cert, key)
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: len(proc.events("tls certificates reloaded")) == 2, timeout=30)
+        assert {e["node"] for e in proc.events("tls certificates reloaded")} == {
+            e["node_id"] for e in started
+        }
+        after = _tls_associate(tls_port, pki, client=pki.client)
+        assert after.is_established and _server_cn(after) == "dicomgate-2"
+        after.release()
