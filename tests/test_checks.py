@@ -6,6 +6,7 @@ or edited the ways a broken sender or a broken link would.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -230,8 +231,10 @@ def test_deflated(ct: Path, tmp_path: Path) -> None:
 
 
 def _bytes_read() -> int:
-    """Bytes this process has read through read()/pread() so far (Linux /proc/self/io)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
+    """Bytes this thread has read through read()/pread() so far (Linux
+    /proc/self/task/TID/io: per thread, so other tests' lingering threads do not count)."""
+    io = Path(f"/proc/self/task/{threading.get_native_id()}/io")
+    for line in io.read_text().splitlines():
         if line.startswith("rchar:"):
             return int(line.split()[1])
     raise AssertionError("no rchar in /proc/self/io")
