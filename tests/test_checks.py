@@ -264,7 +264,12 @@ def test_pixel_data_is_never_read(tmp_path: Path) -> None:
 def test_uid_padding_and_newline(ct: Path, tmp_path: Path) -> None:
     """One NUL of padding is a UID; a trailing newline is not (0xC001, not a pass after a
     strip)."""
-    uid = str(dcmread(ct).SOPInstanceUID)
+    uid = "1.2.826.0.1.3680043.10.543.123456789"  # even length: stored without padding
+
+    def even_uid(ds: Dataset) -> None:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+
+    ct = _edited(ct, tmp_path / "even.dcm", even_uid)
     data = ct.read_bytes()
     raw = uid.encode()
     assert len(raw) % 2 == 0 and data.count(raw) == 2  # File Meta and dataset, unpadded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ def test_instance_finishing_during_publication_waits_for_next_version(
 ) -> None:
     """An instance uploaded while manifest 1 is being published is listed in manifest 2."""
     real = publisher_module.publish_manifest
+    publishing = threading.Event()
 
     async def slow_publish(dest: Any, manifest: Any) -> Any:
+        publishing.set()
         await asyncio.sleep(2)  # a slow PUT, retries inside boto3...
         return await real(dest, manifest)
 
@@ -47,9 +50,9 @@ def test_instance_finishing_during_publication_waits_for_next_version(
     uid = str(dcmread(paths[0]).StudyInstanceUID)
     with start_node(tmp_path / "data", pipeline=True, stable_after=0.3) as n:
         assert send_files(n.host, n.port, paths[:2]) == [0, 0]
-        time.sleep(1.0)  # complete; publication of version 1 under way
+        assert publishing.wait(30)  # complete; publication of version 1 under way
         assert send_files(n.host, n.port, paths[2:]) == [0]
-        assert wait_for(lambda: _version(n, uid) == 2, timeout=20)
+        assert wait_for(lambda: _version(n, uid) == 2, timeout=60)
         manifest = _manifest(n, uid)
         assert manifest["manifest_version"] == 2 and manifest["counts"]["instances"] == 3
         assert n.node.state is not None
