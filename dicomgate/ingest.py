@@ -97,26 +97,30 @@ class Ingest:
         recorded, and without the hold the study still waits ``stable_after`` after its last
         instance; at worst it is published in two manifest versions, nothing is lost.
         """
-        try:
-            self.state.hold_study(study_instance_uid, self.node_id, association_id)
-        except Exception as exc:
-            log.warning(
-                "could not hold the study for this association",
-                error=type(exc).__name__,
-                traceback=safe_traceback(exc),
-            )
+        self._best_effort(
+            "could not hold the study for this association",
+            self.state.hold_study,
+            study_instance_uid,
+            self.node_id,
+            association_id,
+        )
 
     def release(self, association_id: str) -> None:
         """The association ended: its study holds go (failures logged; the node's holds all
         go when it stops or its heartbeat expires)."""
+        self._best_effort(
+            "could not release the association's study holds",
+            self.state.release_holds,
+            self.node_id,
+            association_id,
+        )
+
+    @staticmethod
+    def _best_effort(what: str, call: Callable[..., None], *args: str) -> None:
         try:
-            self.state.release_holds(self.node_id, association_id)
+            call(*args)
         except Exception as exc:
-            log.warning(
-                "could not release the association's study holds",
-                error=type(exc).__name__,
-                traceback=safe_traceback(exc),
-            )
+            log.warning(what, error=type(exc).__name__, traceback=safe_traceback(exc))
 
     def _stripe(self, sop_instance_uid: str) -> threading.Lock:
         return self._stripes[zlib.crc32(sop_instance_uid.encode()) % _STRIPES]

@@ -48,6 +48,7 @@ from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
 from dicomgate.reconcile import ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
+from dicomgate.scp._server import TLS
 from dicomgate.spool import Spool, node_dir_name
 from dicomgate.state import (
     InstanceRecord,
@@ -155,9 +156,10 @@ class Node:
         self.secret_key = self._load_key()
         self.key = self.secret_key.value
         self.pseudonymizer = Pseudonymizer(self.key)
-        # Several nodes on one store (a shared backend, or --workers' shared port): each its
-        # own spool sub-directory, staging directory and lock, never another's files.
-        self.multi = is_shared(settings) or settings.reuse_port
+        # Several nodes on one store (a shared backend, serve --workers, or independent
+        # processes on one SO_REUSEPORT port): each its own spool sub-directory, staging
+        # directory and lock, never another's files.
+        self.multi = is_shared(settings) or settings.reuse_port or listen_sockets is not None
         self.spool = Spool(
             settings.spool_root,
             limit=int(settings.spool_limit),
@@ -409,14 +411,12 @@ class Node:
             listen_sockets=self.listen_sockets,
         )
         self.scp.audit = self.commitments.audit = self.audit
-        gate = getattr(self.scp, "gate", None)  # security events: TLS, rejections
-        if gate is not None:
-            gate.on_event = self.audit.on_security_event
+        self.scp.gate.on_event = self.audit.on_security_event  # TLS failures, rejections
         s = self.settings
         try:
             address = self.scp.start()
         except OSError as exc:
-            if getattr(exc, "listener", None) == "dicom-tls":
+            if getattr(exc, "listener", None) == TLS:
                 raise _bind_error(
                     "DICOM TLS", s.host, s.tls_port, "DICOMGATE_HOST / DICOMGATE_TLS_PORT", exc
                 ) from None

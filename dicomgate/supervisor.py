@@ -65,11 +65,11 @@ _HEALTHY_AFTER = 60.0
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
-    """Worker ``index``'s settings: the shared port, its own node id and ops port."""
+    """Worker ``index``'s settings: its own node id and ops port (the port is the
+    supervisor's socket, handed down)."""
     ops_port = settings.ops_port + index if settings.ops_port else 0
     return settings.model_copy(
         update={
-            "reuse_port": True,
             "workers": 1,
             "node_id": f"{settings.node_id}-w{index}",
             "ops_port": ops_port,
