@@ -57,10 +57,15 @@ IdentifierMode = Literal["pseudonymized", "original"]
 
 #: the sender reads at most this much of the file per batch
 _BATCH_BYTES = 1 << 20
-#: the patient object as :class:`~dicomgate.audit._messages.ParticipantObject` writes it
+#: the patient and study objects as :class:`~dicomgate.audit._messages.ParticipantObject`
+#: writes them
 _PATIENT_IN_LINE = re.compile(
     rb'<ParticipantObjectIdentification ParticipantObjectID="([^"]*)" '
     rb'ParticipantObjectTypeCode="1" ParticipantObjectTypeCodeRole="1"'
+)
+_STUDIES_IN_LINE = re.compile(
+    rb'<ParticipantObjectIdentification ParticipantObjectID="([^"]*)" '
+    rb'ParticipantObjectTypeCode="2" ParticipantObjectTypeCodeRole="3"'
 )
 #: how far back the file is searched for the patient of a study received before a restart
 _PATIENT_SCAN_BYTES = 64 << 20
@@ -164,6 +169,9 @@ class AuditTrail:
         self._wake_send = threading.Event()
         self._threads: list[threading.Thread] = []
         self._patients: dict[str, str] = {}  # study id (as written) -> patient id (as written)
+        #: the audit file has been read into ``_patients`` up to here (None: not yet)
+        self._indexed: int | None = None
+        self._index_lock = threading.Lock()
         #: what the sender confirmed (tests and the ops side read it)
         self.cursor_path = path.with_name(path.name + ".cursor")
         self.sent_offset = 0
@@ -316,26 +324,40 @@ class AuditTrail:
 
     def _patient_of(self, study_id: str) -> str | None:
         """The patient a study was received for, as an earlier message of this file said
-        (after a restart the in-memory note is gone; another node's receipt is not here)."""
+        (after a restart the in-memory note is gone; another node's receipt is not here).
+
+        The file is read incrementally: the first miss reads its last
+        ``_PATIENT_SCAN_BYTES``, later misses only what was appended since (by this or another
+        process sharing the file), so an export never rescans the same bytes."""
         known = self._patients.get(study_id)
         if known is not None:
             return known
-        needle = f'ParticipantObjectID="{study_id}"'.encode()
-        found = None
-        try:
-            with self.path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - _PATIENT_SCAN_BYTES))
-                for line in f:
-                    if needle in line and (match := _PATIENT_IN_LINE.search(line)):
-                        found = match.group(1)
-        except OSError:
-            return None
-        if found is None:
-            return None
-        patient = unescape(found.decode("utf-8", "replace"), {"&quot;": '"'})
-        self._patients[study_id] = patient
-        return patient
+        with self._index_lock:
+            try:
+                self._index_appended()
+            except OSError:
+                return None
+        return self._patients.get(study_id)
+
+    def _index_appended(self) -> None:
+        """Note the patient of every study named in complete lines not yet read."""
+        with self.path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = self._indexed
+            if start is None or start > size:  # first read, or the file was replaced
+                start = max(0, size - _PATIENT_SCAN_BYTES)
+            f.seek(start)
+            for line in f:
+                if not line.endswith(b"\n"):  # still being written: read next time
+                    break
+                start += len(line)
+                found = _PATIENT_IN_LINE.search(line)
+                if found is None:
+                    continue
+                patient = _unescape(found.group(1))
+                for study in _STUDIES_IN_LINE.findall(line):
+                    self._patients[_unescape(study)] = patient
+        self._indexed = start
 
     # -- events -----------------------------------------------------------------------------------
     def application_start(self) -> None:
@@ -798,6 +820,11 @@ class _NullTrail(AuditTrail):
 
 #: does nothing; what components hold until a node gives them its trail
 NULL_TRAIL: AuditTrail = _NullTrail()
+
+
+def _unescape(value: bytes) -> str:
+    """An attribute value as the audit file holds it -> the text."""
+    return unescape(value.decode("utf-8", "replace"), {"&quot;": '"'})
 
 
 def _uri_participant(uri: str, role: m.Code, *, media: bool = False) -> m.Participant:
