@@ -473,21 +473,12 @@ class AuditTrail:
         """An association started sending a study (110102, the peer the source)."""
         if not self.enabled:
             return
-        try:
-            study, patient = self._study(study_uid, tally)
-            message = m.begin_transferring(
-                self.source,
-                sender=self.peer(calling_ae, peer, requestor=True, role=m.ROLE_SOURCE),
-                receiver=self.node(role=m.ROLE_DESTINATION),
-                studies=[m.study_object(study.object_id)],
-                patient=patient,
-            )
-        except Exception as exc:
-            log.error(
-                "audit message not built", event="Begin Transferring", error=type(exc).__name__
-            )
-            return
-        self.emit(message)
+        self._begin_transferring(
+            study_uid,
+            tally,
+            sender=self.peer(calling_ae, peer, requestor=True, role=m.ROLE_SOURCE),
+            receiver=self.node(role=m.ROLE_DESTINATION),
+        )
 
     def received(
         self,
@@ -533,13 +524,29 @@ class AuditTrail:
         """A manifest is about to be published (110102, this node the source)."""
         if not self.enabled:
             return
+        self._begin_transferring(
+            study_uid,
+            None,
+            sender=self.node(requestor=True, role=m.ROLE_SOURCE),
+            receiver=_uri_participant(destination, m.ROLE_DESTINATION),
+        )
+
+    def _begin_transferring(
+        self,
+        study_uid: str,
+        tally: StudyTally | None,
+        *,
+        sender: m.Participant,
+        receiver: m.Participant,
+    ) -> None:
+        """110102 for one study (named without instance counts); never raises."""
         try:
-            study, patient = self._study(study_uid, None)
+            study, patient = self._study(study_uid, tally)
             message = m.begin_transferring(
                 self.source,
-                sender=self.node(requestor=True, role=m.ROLE_SOURCE),
-                receiver=_uri_participant(destination, m.ROLE_DESTINATION),
-                studies=[study],
+                sender=sender,
+                receiver=receiver,
+                studies=[m.study_object(study.object_id)],
                 patient=patient,
             )
         except Exception as exc:
