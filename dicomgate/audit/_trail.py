@@ -48,6 +48,7 @@ from dicomgate.audit._syslog import (
     syslog_message,
 )
 from dicomgate.pseudonym import Pseudonymizer
+from dicomgate.spool import fsync_dir
 
 __all__ = ["NULL_TRAIL", "AuditTrail", "Identifiers", "StudyTally"]
 
@@ -184,6 +185,7 @@ class AuditTrail:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._fd = fd
+        fsync_dir(self.path.parent)  # a new file's entry: its fsync'd messages survive a crash
         self._terminate_torn_line()
         if self.background:
             t = threading.Thread(target=self._fsync_loop, name="audit-fsync", daemon=True)
