@@ -865,9 +865,7 @@ class SqliteStateStore:
                 "UPDATE studies SET pub_expires_at = ? WHERE study_instance_uid = ?",
                 (expires, pub.study_instance_uid),
             )
-        return Publication(
-            pub.study_instance_uid, pub.version, pub.owner, pub.token, expires, pub.study
-        )
+        return replace(pub, expires_at=expires)
 
     def mark_reported(self, pub: Publication, keys: Collection[InstanceKey]) -> None:
         if len(keys) > MAX_BATCH:
