@@ -472,6 +472,8 @@ def test_expectations_complete_a_study_at_once(store: StateStore) -> None:
     pub = store.begin_publication(COMMIT_STUDY, "n1", stable_after=3600, expected_deadline=0)
     assert pub is not None and pub.version == 2
     assert pub.completion == "mpps" and pub.missing == ("2.25.404",)
+    renewed = store.renew_publication(pub)
+    assert (renewed.completion, renewed.missing) == (pub.completion, pub.missing)
     report = store.status_report(COMMIT_STUDY)["studies"][0]
     assert (report["expected"], report["expected_received"]) == (4, 3)
     assert report["missing"] == ["2.25.404"]
