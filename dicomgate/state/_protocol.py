@@ -814,7 +814,7 @@ def describe_expectations(store: StateStore, report: dict[str, Any]) -> None:
         expected |= e.sop_instance_uids
     report["expected"] = len(expected)
     report["expected_received"] = len(expected & present)
-    report["missing"] = missing_instances(exps, present)
+    report["missing"] = sorted(expected - present)
     pending = []
     for e in exps:
         if e.source == "commitment":
