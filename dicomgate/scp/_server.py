@@ -100,14 +100,14 @@ class AssociationInfo:
     calling_ae: str
     peer: str
     started: float = field(default_factory=time.monotonic)
-    studies: set[str] = field(default_factory=set)
     stored: int = 0
     refused: int = 0
     #: set when the association ended (the registry forgot it): no new study holds after that
     closed: bool = False
     #: the pynetdicom association (a storage commitment report may go back on it)
     assoc: Any = None
-    #: instances received per study (original Study Instance UID), for the audit trail
+    #: instances received per study (original Study Instance UID): the studies it carries
+    #: (``studies_in_flight``, study holds) and the audit trail's counts
     received: dict[str, StudyTally] = field(default_factory=dict)
 
 
@@ -579,26 +579,39 @@ class StoreSCP:
         info = getattr(assoc, _INFO_ATTR, None)
         return info if isinstance(info, AssociationInfo) else self._new_info(assoc, closed=True)
 
-    def add_study(self, info: AssociationInfo, study_instance_uid: str) -> None:
-        """The association carries this study: locally (``studies_in_flight``) and, the first
-        time, as a hold in the shared state store, so no node publishes the study while this
-        association is open (issue 8, item 2).
+    def add_study(
+        self,
+        info: AssociationInfo,
+        study_instance_uid: str,
+        sop_class_uid: str,
+        patient_key: str | None,
+    ) -> tuple[bool, bool]:
+        """The association carried an instance of this study: counted for the audit trail,
+        the study known locally (``studies_in_flight``) and, the first time, held in the shared
+        state store, so no node publishes the study while this association is open (issue 8,
+        item 2). Returns (first of its study on this association, association already ended
+        — its end message is written, so this one instance gets its own).
 
         A store handler can run after its association's close event (see :meth:`info`): a hold
         taken then would outlive the association, so it is taken only while the association is
-        registered, and given back if the association ended while it was being written.
+        registered, and given back if the association ended while it was being written; nor is
+        the instance counted then (the end message may be reading the counts).
         """
-        with self._lock:  # studies_in_flight() reads the sets under the lock
-            if study_instance_uid in info.studies:
-                return
-            info.studies.add(study_instance_uid)
+        with self._lock:  # studies_in_flight() and received_so_far() read under the lock
+            tally = info.received.get(study_instance_uid)
+            first = tally is None
             if info.closed:
-                return
-        self.ingest.hold(study_instance_uid, info.assoc_id)
-        with self._lock:
-            ended_meanwhile = info.closed
-        if ended_meanwhile:
-            self.ingest.release(info.assoc_id)
+                return first, True
+            if tally is None:
+                tally = info.received[study_instance_uid] = StudyTally()
+            tally.add(sop_class_uid, patient_key)
+        if first:
+            self.ingest.hold(study_instance_uid, info.assoc_id)
+            with self._lock:
+                ended_meanwhile = info.closed
+            if ended_meanwhile:
+                self.ingest.release(info.assoc_id)
+        return first, False
 
     def forget(self, assoc: Any) -> AssociationInfo | None:
         """The association ended: stop tracking it and give back its study holds."""
@@ -608,7 +621,7 @@ class StoreSCP:
                 info.closed = True
             if self._on_open_count is not None:
                 self._on_open_count(len(self._associations))
-        if info is not None and info.studies:
+        if info is not None and info.received:
             self.ingest.release(info.assoc_id)
         return info
 
@@ -629,17 +642,6 @@ class StoreSCP:
                 return assoc
         return None
 
-    def tally(
-        self, info: AssociationInfo, study_uid: str, sop_class_uid: str, patient_key: str | None
-    ) -> tuple[bool, bool]:
-        """Count a received instance for the audit trail: (first of its study on this
-        association, association already ended — its end message is written, so this one
-        instance gets its own)."""
-        with self._lock:
-            first = study_uid not in info.received
-            info.received.setdefault(study_uid, StudyTally()).add(sop_class_uid, patient_key)
-            return first, info.closed
-
     def received_so_far(self, info: AssociationInfo) -> dict[str, StudyTally]:
         with self._lock:
             return dict(info.received)
@@ -652,7 +654,7 @@ class StoreSCP:
     def studies_in_flight(self) -> set[str]:
         """Study Instance UIDs that some open association has sent instances of."""
         with self._lock:
-            return set().union(*(i.studies for i in self._associations.values()))
+            return set().union(*(i.received for i in self._associations.values()))
 
 
 # -- event handlers (run in pynetdicom's association threads) -------------------------------------
@@ -788,12 +790,16 @@ def _handle_n_set(event: Any, scp: StoreSCP) -> tuple[Any, None]:
 
 
 def _audit_store(
-    scp: StoreSCP, info: AssociationInfo, study_uid: str, patient_key: str | None, req: Any
+    scp: StoreSCP,
+    info: AssociationInfo,
+    study_uid: str,
+    sop_class: str,
+    patient_key: str | None,
 ) -> None:
-    """Count the instance for the association's audit messages; the first of a study begins
-    a transfer (110102); one stored after its association ended is reported on its own."""
-    sop_class = str(req.AffectedSOPClassUID)
-    first, late = scp.tally(info, study_uid, sop_class, patient_key)
+    """Count the instance for the association (its audit messages, its study hold); the first
+    of a study begins a transfer (110102); one stored after its association ended is reported
+    on its own."""
+    first, late = scp.add_study(info, study_uid, sop_class, patient_key)
     if late:
         tally = StudyTally(patient_key=patient_key)
         tally.add(sop_class)
@@ -816,10 +822,11 @@ def _handle_store(event: Any, scp: StoreSCP) -> int:
     started = time.perf_counter()
     info = scp.info(event.assoc)
     req = event.request
+    sop_class = str(req.AffectedSOPClassUID)
     outcome = scp.ingest.store(
         StoreRequest(
             path=Path(event.dataset_path),
-            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_class_uid=sop_class,
             sop_instance_uid=str(req.AffectedSOPInstanceUID),
             calling_ae=info.calling_ae,
             peer_address=info.peer,
@@ -829,8 +836,8 @@ def _handle_store(event: Any, scp: StoreSCP) -> int:
     if outcome.status == Status.SUCCESS:
         info.stored += 1
         if outcome.record is not None:
-            scp.add_study(info, outcome.record.study_instance_uid)
-            _audit_store(scp, info, outcome.record.study_instance_uid, outcome.patient_key, req)
+            study = outcome.record.study_instance_uid
+            _audit_store(scp, info, study, sop_class, outcome.patient_key)
     else:
         info.refused += 1
     if scp.metrics is not None:
