@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from struct import Struct
 from typing import Any, BinaryIO, cast
@@ -80,8 +80,8 @@ class HeaderUIDs:
     series_instance_uid: str
     transfer_syntax_uid: str
     #: what identifies the patient (``id:<Patient ID>``, else ``name:<Patient's Name>``), read
-    #: raw: the audit trail names the patient by its pseudonym, never by this
-    patient_key: str | None = None
+    #: raw: the audit trail names the patient by its pseudonym, never by this (nor a repr)
+    patient_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ class StudyTally:
     UID, and the patient key (``id:<Patient ID>`` or ``name:<Patient's Name>``, as the
     de-identification engine derives pseudonyms from) — never written anywhere as such."""
 
-    patient_key: str | None = None
+    patient_key: str | None = field(default=None, repr=False)  # raw: kept out of any repr
     sop_classes: Counter[str] = field(default_factory=Counter)
 
     def add(self, sop_class_uid: str, patient_key: str | None = None) -> None:
