@@ -284,6 +284,13 @@ def patient_object(patient_id: str) -> ParticipantObject:
     return ParticipantObject(object_id=patient_id, id_type=ID_PATIENT, type_code="1", role="1")
 
 
+def _with_patient(
+    studies: Sequence[ParticipantObject], patient: ParticipantObject | None
+) -> list[ParticipantObject]:
+    """The studies of a transfer, then their patient if known (the schema's order)."""
+    return [*studies, *([patient] if patient is not None else [])]
+
+
 # -- events ---------------------------------------------------------------------------------------
 def application_activity(
     source: AuditSource, application: Participant, *, start: bool, launcher: Participant | None
@@ -350,7 +357,7 @@ def begin_transferring(
         EV_BEGIN_TRANSFERRING,
         action="E",
         participants=[sender, receiver],
-        objects=[*studies, *([patient] if patient is not None else [])],
+        objects=_with_patient(studies, patient),
     )
 
 
@@ -373,7 +380,7 @@ def instances_transferred(
         outcome=outcome,
         description=description,
         participants=[sender, *receivers],
-        objects=[*studies, *([patient] if patient is not None else [])],
+        objects=_with_patient(studies, patient),
     )
 
 
@@ -395,7 +402,7 @@ def export(
         outcome=outcome,
         description=description,
         participants=[exporter, media],
-        objects=[*studies, *([patient] if patient is not None else [])],
+        objects=_with_patient(studies, patient),
     )
 
 

@@ -371,11 +371,7 @@ class AuditTrail:
     def _application(self, *, start: bool) -> None:
         if not self.enabled:
             return
-        try:
-            user = getpass.getuser()
-        except Exception:
-            user = str(os.getuid())
-        launcher = m.Participant(user_id=user, requestor=True, role=m.ROLE_APPLICATION_LAUNCHER)
+        launcher = m.Participant(user_id=_user(), requestor=True, role=m.ROLE_APPLICATION_LAUNCHER)
         self.emit(
             m.application_activity(
                 self.source,
@@ -622,15 +618,11 @@ class AuditTrail:
         if not self.enabled:
             return
         try:
-            try:
-                user = getpass.getuser()
-            except Exception:
-                user = str(os.getuid())
             study_id = self.ids.study(study_uid if study_uid is not None else study)
             message = m.query(
                 self.source,
                 requestor=m.Participant(
-                    user_id=user,
+                    user_id=_user(),
                     requestor=True,
                     role=m.ROLE_SOURCE,
                     access_point=self.hostname,
@@ -829,6 +821,14 @@ class _NullTrail(AuditTrail):
 
 #: does nothing; what components hold until a node gives them its trail
 NULL_TRAIL: AuditTrail = _NullTrail()
+
+
+def _user() -> str:
+    """Who runs this process: the login name, else the uid."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
 
 
 def _unescape(value: bytes) -> str:
