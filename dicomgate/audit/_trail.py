@@ -430,12 +430,7 @@ class AuditTrail:
         }.get(kind, kind.replace("_", " ") or "security event")
         reason = f"{words} on the {getattr(event, 'listener', '?')} listener: "
         reason += str(getattr(event, "reason", "") or "no reason given")
-        called = getattr(event, "called_ae", None)
-        if called:
-            reason += f"; called AE title {str(called).strip()}"
-        rj = getattr(event, "rj", None)
-        if rj:
-            reason += f"; A-ASSOCIATE-RJ result {rj[0]}, source {rj[1]}, reason {rj[2]}"
+        reason += _rejection(getattr(event, "called_ae", None), getattr(event, "rj", None))
         subject = getattr(event, "tls_subject", None)
         if subject:
             reason += f"; client certificate {subject}"
@@ -458,11 +453,7 @@ class AuditTrail:
         rj: tuple[int, int, int] | None = None,
     ) -> None:
         """A refused A-ASSOCIATE-RQ: a Security Alert naming the reason and the RJ codes."""
-        words = f"association rejected: {reason}"
-        if called_ae:
-            words += f"; called AE title {called_ae.strip()}"
-        if rj is not None:
-            words += f"; A-ASSOCIATE-RJ result {rj[0]}, source {rj[1]}, reason {rj[2]}"
+        words = f"association rejected: {reason}{_rejection(called_ae, rj)}"
         self.security_alert(words, peer, calling_ae=calling_ae, kind="restricted-function")
 
     def begin_receiving(
@@ -821,6 +812,14 @@ class _NullTrail(AuditTrail):
 
 #: does nothing; what components hold until a node gives them its trail
 NULL_TRAIL: AuditTrail = _NullTrail()
+
+
+def _rejection(called_ae: object, rj: Sequence[int] | None) -> str:
+    """What a rejected association asked for and the RJ codes it got, to follow a reason."""
+    words = f"; called AE title {str(called_ae).strip()}" if called_ae else ""
+    if rj:
+        words += f"; A-ASSOCIATE-RJ result {rj[0]}, source {rj[1]}, reason {rj[2]}"
+    return words
 
 
 def _user() -> str:
