@@ -108,6 +108,8 @@ MAX_WAIT = 0.05
 #: PDU's length cannot make us allocate gigabytes up front.
 _PREALLOCATE_MAX = 4 << 20
 _CHUNK = 1 << 20  # read size for PDUs above _PREALLOCATE_MAX (pynetdicom: 4096)
+#: how far past its deadline a PDU read may end (see FastAssociationSocket._before)
+_DEADLINE_SLACK = 0.05
 
 
 def enabled() -> bool:
@@ -169,7 +171,12 @@ class FastAssociationSocket(AssociationSocket):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("PDU not received within the timeout")
-        sock.settimeout(remaining)
+        # settimeout() is a syscall (ioctl FIONBIO): narrow the socket's timeout only when it
+        # would overrun the deadline by more than the slack. The first read of an established
+        # association's PDU then costs none (the socket already has the network timeout).
+        current = sock.gettimeout()
+        if current is None or current > remaining + _DEADLINE_SLACK:
+            sock.settimeout(remaining)
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = cast(socket.socket, self.socket)
@@ -177,9 +184,10 @@ class FastAssociationSocket(AssociationSocket):
         try:
             return self._recv(sock, nr_bytes, deadline)
         finally:
-            if deadline is not None:  # sends get the whole network timeout again
-                with contextlib.suppress(OSError):
-                    sock.settimeout(self.assoc.network_timeout)
+            timeout = self.assoc.network_timeout
+            if deadline is not None and sock.gettimeout() != timeout:
+                with contextlib.suppress(OSError):  # sends get the whole network timeout again
+                    sock.settimeout(timeout)
 
     def _recv(self, sock: socket.socket, nr_bytes: int, deadline: float | None) -> bytearray:
         if nr_bytes > _PREALLOCATE_MAX:
