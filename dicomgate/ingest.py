@@ -22,7 +22,7 @@ import errno
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomgate._logging import get_logger
@@ -65,7 +65,7 @@ class StoreOutcome:
     record: InstanceRecord | None = None
     duplicate: bool = False
     #: the patient (``HeaderUIDs.patient_key``) for the audit trail; never logged
-    patient_key: str | None = None
+    patient_key: str | None = field(default=None, repr=False)
 
 
 class Ingest:
