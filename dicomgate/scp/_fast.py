@@ -545,11 +545,7 @@ class FastDUL(DULServiceProvider):
         # incoming/ (then decoding failed: a context that was not accepted, an unusable
         # character set): it was never acknowledged, so it goes — nobody else will see it.
         message = getattr(getattr(self.assoc, "dimse", None), "message", None)
-        partial = getattr(message, "_data_set_file", None)
-        if partial is not None:
-            with contextlib.suppress(OSError):
-                partial.close()
-                Path(partial.name).unlink(missing_ok=True)
+        _discard(getattr(message, "_data_set_file", None))
 
 
 class _WakingCheckpoint(threading.Event):
@@ -568,13 +564,17 @@ class _WakingCheckpoint(threading.Event):
         self._wake_reactor.set()
 
 
-def _discard_dataset_file(msg: Any) -> None:
-    """Close and remove a received C-STORE's streamed data set file, if it is still there."""
-    partial = getattr(msg, "_dataset_file", None)
+def _discard(partial: Any) -> None:
+    """Close and remove a C-STORE's streamed data set file (``None``: there is none)."""
     if partial is not None:
         with contextlib.suppress(OSError):
             partial.close()
             Path(partial.name).unlink(missing_ok=True)
+
+
+def _discard_dataset_file(msg: Any) -> None:
+    """Close and remove a received C-STORE's streamed data set file, if it is still there."""
+    _discard(getattr(msg, "_dataset_file", None))
 
 
 class FastAssociation(Association):
