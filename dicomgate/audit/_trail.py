@@ -443,19 +443,6 @@ class AuditTrail:
             else "restricted-function",
         )
 
-    def association_rejected(
-        self,
-        *,
-        reason: str,
-        peer: str | None,
-        calling_ae: str | None,
-        called_ae: str | None,
-        rj: tuple[int, int, int] | None = None,
-    ) -> None:
-        """A refused A-ASSOCIATE-RQ: a Security Alert naming the reason and the RJ codes."""
-        words = f"association rejected: {reason}{_rejection(called_ae, rj)}"
-        self.security_alert(words, peer, calling_ae=calling_ae, kind="restricted-function")
-
     def begin_receiving(
         self, *, calling_ae: str, peer: str, study_uid: str, tally: StudyTally | None
     ) -> None:

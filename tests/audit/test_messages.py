@@ -44,12 +44,17 @@ def _every_event(trail: AuditTrail) -> None:
     trail.security_alert(
         "TLS handshake failed: unknown ca", "127.0.0.1:4711", kind="node-authentication"
     )
-    trail.association_rejected(
-        reason="calling AE title not allowed",
-        peer="127.0.0.1:4712",
-        calling_ae="STRANGER",
-        called_ae="DICOMGATE",
-        rj=(1, 1, 3),
+    trail.on_security_event(
+        SimpleNamespace(
+            kind="association_rejected",
+            listener="dicom",
+            peer="127.0.0.1:4712",
+            reason="calling AE title not allowed",
+            calling_ae="STRANGER",
+            called_ae="DICOMGATE",
+            rj=(1, 1, 3),
+            tls_subject=None,
+        )
     )
     trail.on_security_event(
         SimpleNamespace(
