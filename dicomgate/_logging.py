@@ -240,7 +240,10 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write() per line (PrintLogger writes the message and the newline apart): the
+        # workers of serve --workers share one stderr, and two lines written at once must not
+        # interleave into one broken JSON line (a pipe keeps writes <= PIPE_BUF whole)
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)

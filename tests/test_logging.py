@@ -199,3 +199,35 @@ def test_node_with_malformed_uids_logs_json_only_without_them(tmp_path: Path) ->
     log = node.log_text()
     assert not any(uid in log for uid in originals)
     _json_lines(log)
+
+
+class _Writes:
+    """A stand-in stderr that records each write() call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_each_line_is_one_write(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    """Every log line reaches stderr in a single write(), newline included: serve --workers'
+    processes share one stderr, and a line written in two parts interleaves with another
+    worker's into one broken JSON line."""
+    stream = _Writes()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("info", "json", node="w1")
+    logging_module.get_logger("test").info("reloading tls certificates", signal="SIGHUP")
+    logging.getLogger("pynetdicom").warning("a foreign record")
+    assert len(stream.calls) == 2
+    for call in stream.calls:
+        assert call.endswith("\n") and call.count("\n") == 1
+        assert json.loads(call)["node"] == "w1"
