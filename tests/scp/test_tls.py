@@ -427,9 +427,9 @@ def test_workers_serve_tls_and_reload_on_sighup(
             assert store.returncode == 0, store.stderr
         _replace(pki.server2, cert, key)
         proc.proc.send_signal(signal.SIGHUP)
-        assert wait_for(
-            lambda: len(proc.events("tls certificates reloaded")) == 2, timeout=30
-        ), [(e.get("node"), e["event"]) for e in proc.lines if "tls" in e["event"]]
+        assert wait_for(lambda: len(proc.events("tls certificates reloaded")) == 2, timeout=30), [
+            (e.get("node"), e["event"]) for e in proc.lines if "tls" in e["event"]
+        ]
         assert {e["node"] for e in proc.events("tls certificates reloaded")} == {
             e["node_id"] for e in started
         }
