@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import os
 import shutil
+import signal
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +18,67 @@ import pytest
 
 from tests.helpers import DCMTK_TOOLS, NodeHandle, start_node
 from tests.seaweed import SeaweedFS, run_seaweedfs
+
+# Every process the suite starts inherits this marker (children built from os.environ keep it,
+# whatever session or process group they are put in), so the end of the run can find them.
+_MARKER = "DICOMGATE_TEST_RUN"
+_RUN_ID = uuid.uuid4().hex
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[_MARKER] = _RUN_ID
+
+
+def _leftover_processes() -> dict[int, str]:
+    """pid → command line of every process still alive that this run started."""
+    wanted = f"{_MARKER}={_RUN_ID}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if state != "Z":  # a zombie holds no pipe; its parent reaps it
+            found[int(entry.name)] = cmdline.strip()[:200]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests stop every process they start: one that outlives the run is a failure, and it is
+    killed here — a leftover holding the runner's stdout keeps CI waiting for ever."""
+    if not hasattr(session.config, "workerinput"):  # not in an xdist worker
+        deadline = time.monotonic() + 10  # processes told to stop may still be exiting
+        while (left := _leftover_processes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if left:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+            sys.stderr.write(f"\nprocesses started by the tests outlived them (killed):\n{lines}\n")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # Nor may the runner itself hang on its way out (a non-daemon thread, an executor or a
+    # process pool never shut down, joined at exit): after a minute every thread's stack goes to
+    # stderr, loudly, and the runner exits with the session's own status.
+    threading.Thread(
+        target=_exit_watchdog, args=(int(session.exitstatus), 60), name="exit-watchdog", daemon=True
+    ).start()
+
+
+def _exit_watchdog(status: int, grace: float) -> None:
+    time.sleep(grace)  # a daemon thread: interpreter shutdown that completes never gets here
+    sys.stderr.write(f"\nthe test runner did not exit {grace:.0f} s after the session; stacks:\n")
+    faulthandler.dump_traceback(all_threads=True)
+    left = _leftover_processes()
+    if left:
+        sys.stderr.write(f"child processes still alive: {left}\n")
+    sys.stderr.flush()
+    os._exit(status)
 
 
 @pytest.fixture(scope="session")
