@@ -8,10 +8,10 @@ Order of work for one instance (promise 1 — no acknowledged instance is lost):
 
 1. room check (spool limit, free space) → 0xA700 when full;
 2. header checks (parse, SOP Class/Instance match the request, UIDs valid) → 0xA900 / 0xC0xx;
-3. duplicate check: same SOP Instance UID and same bytes → success, nothing stored twice;
-   same UID, different bytes → stored as a new version and logged;
-4. fsync + rename + directory fsync into the spool, then the state-store row (one atomic
-   admission: duplicate check and version allocation, safe between nodes);
+3. fsync + rename + directory fsync into the spool, then the state-store row: one atomic
+   admission (version allocation by compare-and-set, safe between nodes);
+4. a SOP Instance UID the store already has: same bytes → success, the spooled copy removed
+   (nothing stored twice); different bytes → stored as a new version and logged;
 5. only then 0x0000.
 """
 
@@ -174,7 +174,15 @@ class Ingest:
     def _store_checked(self, req: StoreRequest, uids: HeaderUIDs, size: int) -> StoreOutcome:
         # Compared with the newest version only: the sender's latest content is what gets
         # delivered, so A, then B, then A again makes A the newest (version 3).
-        newest = self.state.latest_version(uids.sop_instance_uid)
+        # Optimistic: almost every instance is new, so version 1 is proposed without reading
+        # the store first — one state round trip per C-STORE (two DynamoDB calls, not three).
+        # A UID the store already has comes back as CONFLICT with its newest version, and the
+        # loop then compares contents: a re-sent duplicate costs a spool write it removes again.
+        # Unless this node's spool still holds version 1 (not yet delivered): its name must
+        # never be renamed over, so then the store is asked first.
+        newest: InstanceRecord | None = None
+        if self.spool.holds(uids.sop_instance_uid, 1):
+            newest = self.state.latest_version(uids.sop_instance_uid)
         new_sha: str | None = None
         source, relative = req.path, None
         while True:

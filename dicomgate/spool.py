@@ -186,6 +186,10 @@ class Spool:
             raise ValueError("spool file version must be >= 1")
         return f"{sop_instance_uid}~v{version}.dcm"
 
+    def holds(self, sop_instance_uid: str, version: int) -> bool:
+        """Whether this node's ``instances/`` has the file of that version."""
+        return (self.instances / self.file_name(sop_instance_uid, version)).exists()
+
     @staticmethod
     def parse_file_name(name: str) -> tuple[str, int] | None:
         """(SOP Instance UID, version) of a name :meth:`file_name` made, else ``None``."""

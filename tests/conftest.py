@@ -21,7 +21,7 @@ from tests.seaweed import SeaweedFS, run_seaweedfs
 
 # Every process the suite starts inherits this marker (children built from os.environ keep it,
 # whatever session or process group they are put in), so the end of the run can find them.
-_MARKER = "DICOMGATE_TEST_RUN"
+_MARKER = "DGTESTS_RUN_ID"  # not DICOMGATE_*: the node warns of unknown settings
 _RUN_ID = uuid.uuid4().hex
 
 
@@ -43,8 +43,11 @@ def _leftover_processes() -> dict[int, str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue  # gone meanwhile, or not ours to read
-        if state != "Z":  # a zombie holds no pipe; its parent reaps it
-            found[int(entry.name)] = cmdline.strip()[:200]
+        if state == "Z":  # a zombie holds no pipe; its parent reaps it
+            continue
+        if "multiprocessing.resource_tracker" in cmdline:
+            continue  # the runner's own helper, by design alive until the runner exits
+        found[int(entry.name)] = cmdline.strip()[:200]
     return found
 
 

@@ -16,6 +16,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
+from dicomgate.spool import sha256_file
 from dicomgate.state import InstanceState
 from dicomgate.testing import write_ct_study
 from tests.helpers import NodeHandle, dataset_bytes, send_files, storescu
@@ -129,3 +130,37 @@ def test_resending_an_earlier_content_makes_it_newest(node: NodeHandle, tmp_path
     versions = node.node.state.versions(str(ds.SOPInstanceUID))
     assert [v.version for v in versions] == [1, 2, 3]
     assert dataset_bytes(node.data_dir / "spool" / str(versions[2].spool_path)) == dataset_bytes(a)
+
+
+def test_resent_after_its_spool_copy_is_gone(node: NodeHandle, tmp_path: Path) -> None:
+    """Version 1 delivered (its spool file gone): the node proposes version 1 without asking
+    the store first; the store's answer (a conflict) still makes a re-send of the same bytes a
+    duplicate and different bytes version 2 — and no spool file or spool byte is left over."""
+    [a] = write_ct_study(tmp_path / "a", 1, rows=32, columns=32)
+    ds = dcmread(a)
+    ds.ImageComments = "B"
+    b = tmp_path / "b.dcm"
+    ds.save_as(b, enforce_file_format=True)
+    state, spool = node.node.state, node.node.spool
+    assert state is not None and spool is not None
+    assert send_files(node.host, node.port, [a]) == [0]
+    [v1] = state.versions(str(ds.SOPInstanceUID))
+    assert v1.spool_path is not None
+    # what processing and delivery do: record the raw copy's digest, then let the copy go
+    state.set_sha256(v1.key, sha256_file(spool.path_of(v1.spool_path))[0])
+    spool.remove(v1.spool_path)
+    state.set_spool_path(v1.key, None)
+    assert spool.usage().bytes_used == 0
+
+    assert send_files(node.host, node.port, [a, a]) == [0, 0]
+    assert [v.version for v in state.versions(str(ds.SOPInstanceUID))] == [1]
+    assert node.spool_files == []
+    assert spool.usage().bytes_used == 0
+
+    assert send_files(node.host, node.port, [b]) == [0]
+    versions = state.versions(str(ds.SOPInstanceUID))
+    assert [v.version for v in versions] == [1, 2]
+    [kept] = node.spool_files
+    assert kept.name == f"{ds.SOPInstanceUID}~v2.dcm"
+    assert dataset_bytes(kept) == dataset_bytes(b)
+    assert spool.usage().bytes_used == kept.stat().st_size
