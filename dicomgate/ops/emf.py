@@ -58,7 +58,7 @@ from prometheus_client import Counter
 from dicomgate._logging import get_logger
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.ops.metrics import Metrics
-from dicomgate.state import InstanceState, StateStore
+from dicomgate.state import StateStore
 
 __all__ = ["NAMESPACE", "EmfEmitter"]
 
@@ -66,9 +66,6 @@ log = get_logger(__name__)
 
 NAMESPACE = "dicomgate"
 #: instances acknowledged but not (yet) delivered or held back
-_UNDELIVERED = (InstanceState.RECEIVED, InstanceState.PROCESSED, InstanceState.UPLOADED)
-
-
 def _totals(counter: Counter) -> dict[tuple[str, ...], float]:
     """A counter's running totals by label values (``()`` for one without labels)."""
     out: dict[tuple[str, ...], float] = {}
@@ -157,10 +154,7 @@ class EmfEmitter:
     def _gauges(self, now: float) -> list[tuple[str, str, float]]:
         try:
             backlog = self.state.backlog()
-            oldest = min(
-                (r.received_at for s in _UNDELIVERED for r in self.state.instances(state=s)),
-                default=None,
-            )
+            oldest = self.state.oldest_undelivered()
         except Exception as exc:  # the store is down for a moment: counters still go out
             log.warning(
                 "EMF gauges not read", error=type(exc).__name__, traceback=safe_traceback(exc)

@@ -523,6 +523,12 @@ class StateStore(Protocol):
         """Instances received or processed, not yet uploaded or quarantined."""
         ...
 
+    def oldest_undelivered(self) -> float | None:
+        """When the oldest instance still on its way was admitted (received, processed, or
+        uploaded and not yet in a manifest); None when there is none. Read on every metrics
+        flush: it must not read every such row."""
+        ...
+
     def purgeable(self, *, delivered_before: float) -> list[InstanceRecord]:
         """Delivered or superseded rows, still with a spool file, last changed before then."""
         ...

@@ -1063,6 +1063,26 @@ class DynamoDBStateStore:
             if r.rec.spool_path is not None and (node_ids is None or r.rec.node_id in node_ids)
         }
 
+    def oldest_undelivered(self) -> float | None:
+        # the work queue is sorted by admission: its first item is the oldest still working
+        first = self._client.query(
+            TableName=self.table,
+            IndexName="queue",
+            KeyConditionExpression="g_queue = :w",
+            ExpressionAttributeValues=_values(w="work"),
+            ScanIndexForward=True,
+            Limit=1,
+        ).get("Items", [])
+        times = [float(_plain(i)["g_qsort"]) for i in first]
+        # uploaded rows wait for their study's manifest: only open studies can hold them
+        for study in self._index("queue", "g_queue", "open"):
+            times += [
+                float(r["g_order"])
+                for r in map(_plain, self._study_keys(str(_plain(study)["pk"])[2:]))
+                if r.get("state") == InstanceState.UPLOADED and r.get("reported_version") is None
+            ]
+        return min(times, default=None)
+
     def backlog(self) -> int:
         total = 0
         kwargs: dict[str, Any] = {

@@ -716,6 +716,13 @@ class SqliteStateStore:
         )
         return int(n)
 
+    def oldest_undelivered(self) -> float | None:
+        [(oldest,)] = self._read(
+            "SELECT min(received_at) FROM instances "
+            "WHERE state IN ('received', 'processed', 'uploaded')"
+        )
+        return float(oldest) if oldest is not None else None
+
     def purgeable(self, *, delivered_before: float) -> list[InstanceRecord]:
         rows = self._read(
             f"SELECT {_COLUMNS} FROM instances "

@@ -241,6 +241,27 @@ def test_publication_decides_completeness_and_versions(store: StateStore) -> Non
     assert {r.reported_version for r in store.instances(study_instance_uid=STUDY)} == {1, 2}
 
 
+def test_oldest_undelivered_follows_the_oldest_instance_on_its_way(store: StateStore) -> None:
+    """The EMF gauge's source: received, processed and uploaded-unreported instances count;
+    quarantined and delivered ones do not."""
+    assert store.oldest_undelivered() is None
+    before = time.time()
+    first = admitted(store, record())
+    time.sleep(0.05)
+    second = admitted(store, record(study="2.25.2"))
+    oldest = store.oldest_undelivered()
+    assert oldest is not None and before - 1 <= oldest <= second.received_at  # type: ignore[operator]
+    assert upload(store, first) == InstanceState.UPLOADED  # on its way still: no manifest yet
+    assert store.oldest_undelivered() == oldest
+    assert publish(store) == 1  # first is delivered now
+    later = store.oldest_undelivered()
+    assert later is not None and later > oldest
+    lease = store.claim_instance(second.key, "n1")
+    assert lease is not None
+    store.quarantine(lease, stage="verify", reason="PHI", sha256="12" * 32)
+    assert store.oldest_undelivered() is None
+
+
 def test_status_report_counts_and_names(store: StateStore) -> None:
     """The status report says per study what happened; quarantines by pseudonym too."""
     a, b = admitted(store, record()), admitted(store, record())
