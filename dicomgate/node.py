@@ -46,7 +46,8 @@ from dicomgate.ops import Metrics, OpsServer
 from dicomgate.ops.emf import EmfEmitter
 from dicomgate.pipeline import LoopThread, Pipeline
 from dicomgate.pseudonym import Pseudonymizer, SecretKey, secret_key_for
-from dicomgate.reconcile import ReconcileReport, reconcile
+from dicomgate.quarantine import rule_of
+from dicomgate.reconcile import MISSING_FILE, ReconcileReport, reconcile
 from dicomgate.scp import StoreSCP
 from dicomgate.scp._server import TLS
 from dicomgate.spool import Spool, node_dir_name
@@ -332,13 +333,21 @@ class Node:
                 if dead and self.multi:  # its files never recorded are adopted too
                     names = {node_dir_name(n) for n in dead}
                     spools = {k: v for k, v in self.spool.other_nodes().items() if k in names}
-                    reconcile(self.spool, state, node_id=me, dead=spools, own=False)
+                    self._count_quarantines(
+                        reconcile(self.spool, state, node_id=me, dead=spools, own=False)
+                    )
                 if dead:
                     self.on_stored(None)  # work to adopt: the pipeline looks now
             except Exception as exc:  # the store is down for a moment: try again next beat
                 log.error(
                     "heartbeat failed", error=type(exc).__name__, traceback=safe_traceback(exc)
                 )
+
+    def _count_quarantines(self, report: ReconcileReport) -> None:
+        """Quarantines made by reconciliation count in dicomgate_quarantined_total like the
+        pipeline's (the pipeline never sees these rows again)."""
+        if report.quarantined:
+            self.metrics.quarantined.labels(rule_of(*MISSING_FILE).value).inc(report.quarantined)
 
     def start(self) -> tuple[str, int]:
         try:
@@ -359,6 +368,7 @@ class Node:
         self.reconcile_report = reconcile(
             self.spool, self.state, node_id=self.settings.node_id, dead=self._dead_spools()
         )
+        self._count_quarantines(self.reconcile_report)
         # The ops port is bound before the DICOM listener announces itself, so a busy ops port
         # is the only error, not one that follows a "listening" line pointing the wrong way.
         if self.settings.ops_enabled:

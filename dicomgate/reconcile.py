@@ -20,11 +20,13 @@ from dicomgate.checks import Refusal, check_header
 from dicomgate.spool import Spool
 from dicomgate.state import InstanceRecord, InstanceState, StateStore
 
-__all__ = ["ReconcileReport", "reconcile"]
+__all__ = ["MISSING_FILE", "ReconcileReport", "reconcile"]
 
 log = get_logger(__name__)
 
 _NEEDS_FILE = {InstanceState.RECEIVED, InstanceState.PROCESSED}
+#: the stage and reason of a quarantine here (``dicomgate.quarantine.rule_of``: "spool")
+MISSING_FILE = ("spool", "spool file missing at start-up")
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ReconcileReport:
     rows_rebuilt: int = 0
     files_unreadable: list[str] = field(default_factory=list)
     rows_missing_file: int = 0
+    quarantined: int = 0  # of those, rows still to be processed: nothing left to deliver
     stale_removed: int = 0
     spooled: int = 0
 
@@ -42,6 +45,7 @@ class ReconcileReport:
             "rows_rebuilt": self.rows_rebuilt,
             "files_unreadable": len(self.files_unreadable),
             "rows_missing_file": self.rows_missing_file,
+            "quarantined": self.quarantined,
             "stale_removed": self.stale_removed,
             "spooled": self.spooled,
         }
@@ -155,5 +159,7 @@ def _reconcile_dir(
             lease = state.claim_instance(rec.key, node_id)
             if lease is None:
                 continue  # another node holds it and will find the file missing itself
-            state.quarantine(lease, stage="spool", reason="spool file missing at start-up")
+            stage, reason = MISSING_FILE
+            state.quarantine(lease, stage=stage, reason=reason)
+            report.quarantined += 1
         state.set_spool_path(rec.key, None)

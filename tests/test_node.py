@@ -174,6 +174,10 @@ def test_reconcile_after_crash_leftovers(tmp_path: Path) -> None:
         [missing] = n.node.state.versions(lost_file.sop_instance_uid)
         assert missing.state == "quarantined"
         assert missing.reason == "spool file missing at start-up"
+        assert report.quarantined == 1
+        assert n.node.metrics.registry.get_sample_value(
+            "dicomgate_quarantined_total", {"rule": "spool"}
+        ) == 1  # fmt: skip
         assert n.incoming_files == []
 
 

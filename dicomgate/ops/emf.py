@@ -65,7 +65,8 @@ __all__ = ["NAMESPACE", "EmfEmitter"]
 log = get_logger(__name__)
 
 NAMESPACE = "dicomgate"
-#: instances acknowledged but not (yet) delivered or held back
+
+
 def _totals(counter: Counter) -> dict[tuple[str, ...], float]:
     """A counter's running totals by label values (``()`` for one without labels)."""
     out: dict[tuple[str, ...], float] = {}
