@@ -65,6 +65,9 @@ __all__ = ["Pipeline"]
 log = get_logger(__name__)
 
 _MAX_WORKER_CRASHES = 3
+_TRACK_MAX = 1.0  # seconds: the study tracker looks at least this often
+_TRACK_MIN = 0.05  # ... and at most every this many seconds plus its own time
+_PURGE_EVERY = 2.0  # seconds between looks for delivered raw copies to remove
 _UPLOAD_TURN = 5.0  # seconds: while receiving, uploads wait one turn, then run one turn
 
 
@@ -118,6 +121,12 @@ class Pipeline:
         # instances somewhere in this node's pipeline right now, with their current lease
         self._carrying: dict[InstanceKey, Lease] = {}
         self._wake = asyncio.Event()
+        # the study tracker looks when this node has just finished all it carried (a study
+        # may be complete now), else at least every _track_interval (stable_after passing,
+        # other nodes' work); each look reads the open studies from the store
+        self._track_wake = asyncio.Event()
+        self._track_interval = min(_TRACK_MAX, max(0.05, settings.stable_after / 4))
+        self._next_purge = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._crashes: dict[InstanceKey, int] = {}
@@ -285,6 +294,8 @@ class Pipeline:
     def _finished(self, rec: InstanceRecord) -> None:
         """A transition released the lease (terminal, requeued): nothing to give back."""
         self._carrying.pop(rec.key, None)
+        if not self._carrying:
+            self._track_wake.set()
 
     def _staging_path(self, rec: InstanceRecord) -> Path:
         # named by a digest of the key: no original UID in a file name outside the spool
@@ -566,9 +577,15 @@ class Pipeline:
 
     # -- study completion and clean-up -----------------------------------------------------------
     async def _track_once(self) -> None:
-        await asyncio.sleep(min(0.25, max(0.05, self.settings.stable_after / 4)))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._track_interval):
+                await self._track_wake.wait()
+        self._track_wake.clear()
+        await asyncio.sleep(_TRACK_MIN)  # a burst of finishing instances makes one look
         self.publisher.tick(set(self._in_flight_studies()))
-        await asyncio.to_thread(self._purge)  # file deletions stay off the event loop
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + _PURGE_EVERY
+            await asyncio.to_thread(self._purge)  # file deletions stay off the event loop
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""
