@@ -66,7 +66,7 @@ log = get_logger(__name__)
 
 _MAX_WORKER_CRASHES = 3
 _TRACK_MAX = 1.0  # seconds: the study tracker looks at least this often
-_TRACK_MIN = 0.05  # ... and at most every this many seconds plus its own time
+_TRACK_MIN = 0.25  # ... and at most every this many seconds plus its own time
 _PURGE_EVERY = 2.0  # seconds between looks for delivered raw copies to remove
 _UPLOAD_TURN = 5.0  # seconds: while receiving, uploads wait one turn, then run one turn
 
@@ -125,7 +125,7 @@ class Pipeline:
         # may be complete now), else at least every _track_interval (stable_after passing,
         # other nodes' work); each look reads the open studies from the store
         self._track_wake = asyncio.Event()
-        self._track_interval = min(_TRACK_MAX, max(0.05, settings.stable_after / 4))
+        self._track_interval = min(_TRACK_MAX, max(0.0, settings.stable_after / 4 - _TRACK_MIN))
         self._next_purge = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -577,9 +577,14 @@ class Pipeline:
 
     # -- study completion and clean-up -----------------------------------------------------------
     async def _track_once(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._track_interval):
-                await self._track_wake.wait()
+        if self._ingest_busy():
+            # receiving comes first: the studies open associations carry cannot complete
+            # meanwhile, and each look costs the receiving threads CPU (the GIL)
+            await asyncio.sleep(_TRACK_MAX)
+        else:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._track_interval):
+                    await self._track_wake.wait()
         self._track_wake.clear()
         await asyncio.sleep(_TRACK_MIN)  # a burst of finishing instances makes one look
         self.publisher.tick(set(self._in_flight_studies()))
