@@ -125,8 +125,9 @@ class Pipeline:
         # may be complete now), else at least every _track_interval (stable_after passing,
         # other nodes' work); each look reads the open studies from the store
         self._track_wake = asyncio.Event()
-        self._track_interval = min(_TRACK_MAX, max(0.0, settings.stable_after / 4 - _TRACK_MIN))
+        self._track_interval = min(_TRACK_MAX, max(_TRACK_MIN, settings.stable_after / 4))
         self._next_purge = 0.0
+        self._last_track = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._crashes: dict[InstanceKey, int] = {}
@@ -577,16 +578,19 @@ class Pipeline:
 
     # -- study completion and clean-up -----------------------------------------------------------
     async def _track_once(self) -> None:
-        if self._ingest_busy():
-            # receiving comes first: the studies open associations carry cannot complete
-            # meanwhile, and each look costs the receiving threads CPU (the GIL)
-            await asyncio.sleep(_TRACK_MAX)
-        else:
+        deadline = time.monotonic() + _TRACK_MAX
+        # receiving comes first: the studies open associations carry cannot complete
+        # meanwhile, and each look costs the receiving threads CPU (the GIL)
+        while self._ingest_busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if not self._ingest_busy():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._track_interval):
                     await self._track_wake.wait()
         self._track_wake.clear()
-        await asyncio.sleep(_TRACK_MIN)  # a burst of finishing instances makes one look
+        # a burst of finishing instances makes one look: at most one per _TRACK_MIN
+        await asyncio.sleep(max(0.0, self._last_track + _TRACK_MIN - time.monotonic()))
+        self._last_track = time.monotonic()
         self.publisher.tick(set(self._in_flight_studies()))
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + _PURGE_EVERY
