@@ -30,6 +30,7 @@ row yet are expected in the same study when every resolved reference is of one s
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +44,7 @@ from pynetdicom import AE, build_role
 from dicomgate._logging import get_logger
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.audit import NULL_TRAIL, AuditTrail
-from dicomgate.config import Settings
+from dicomgate.config import TLS_SCHEME, Settings, is_tls_peer
 from dicomgate.ops.metrics import Metrics
 from dicomgate.state import (
     DEFAULT_LEASE_SECONDS,
@@ -218,6 +219,7 @@ class CommitmentService:
 class _Peer:
     host: str
     port: int
+    tls: bool = False
 
 
 class CommitmentReporter:
@@ -464,8 +466,23 @@ class CommitmentReporter:
         address = self.settings.commitment_peers.get(calling_ae)
         if address is None:
             return None
-        host, _, port = address.rpartition(":")
-        return _Peer(host.strip("[]"), int(port))
+        host, _, port = address.removeprefix(TLS_SCHEME).rpartition(":")
+        return _Peer(host.strip("[]"), int(port), tls=is_tls_peer(address))
+
+    def _tls_args(self, peer: _Peer) -> tuple[ssl.SSLContext, str] | None:
+        """(client context, server name) for a tls:// peer: BCP 195 suites as the listener's;
+        the peer's certificate must chain to commitment_tls_ca_file (else the system's CAs)
+        and name the host; the node's own certificate goes along if the peer asks for one."""
+        if not peer.tls:
+            return None
+        # here, not at the top: dicomgate.scp imports this module (the N-ACTION handler)
+        from dicomgate.scp._tls import client_context
+
+        s = self.settings
+        ctx = client_context(
+            ca_file=s.commitment_tls_ca_file, cert_file=s.tls_cert_file, key_file=s.tls_key_file
+        )
+        return ctx, peer.host
 
     def _call_back(self, peer: _Peer, calling_ae: str, event_type: int, ds: Dataset) -> str | None:
         s = self.settings
@@ -479,10 +496,18 @@ class CommitmentReporter:
         # we send N-EVENT-REPORTs: the SCP role of Storage Commitment, as the requester
         role = build_role(STORAGE_COMMITMENT, scu_role=False, scp_role=True)
         try:
-            assoc = ae.associate(peer.host, peer.port, ae_title=calling_ae, ext_neg=[role])
+            assoc = ae.associate(
+                peer.host,
+                peer.port,
+                ae_title=calling_ae,
+                ext_neg=[role],
+                tls_args=self._tls_args(peer),
+            )
         except Exception as exc:
             return f"association to the peer failed: {type(exc).__name__}"
         if not assoc.is_established:
+            if peer.tls and not assoc.is_rejected:
+                return "no association with the peer over TLS (handshake or connection failed)"
             return "the peer refused the association"
         try:
             return _send(assoc, event_type, ds)

@@ -56,6 +56,15 @@ __all__ = [
 ]
 
 ENV_PREFIX = "DICOMGATE_"
+#: a commitment_peers address that is called back over DICOM TLS
+TLS_SCHEME = "tls://"
+
+
+def is_tls_peer(address: str) -> bool:
+    """Whether a ``commitment_peers`` address asks for DICOM TLS."""
+    return address.startswith(TLS_SCHEME)
+
+
 # Variables the project reads outside the settings model (never "unknown").
 CONFIG_ENV = "DICOMGATE_CONFIG"  # the TOML file (click's --config)
 ECHO_AET_ENV = "DICOMGATE_ECHO_AET"  # dicomgate echo's calling AE title (the health check)
@@ -359,7 +368,13 @@ class Settings(BaseSettings):
     commitment_peers: dict[str, str] = Field(
         default_factory=dict,
         description="Where to send a storage commitment report when the requesting "
-        "association has closed: calling AE title -> 'host:port' (JSON object).",
+        "association has closed: calling AE title -> 'host:port', or 'tls://host:port' for "
+        "DICOM TLS (JSON object). TLS only (plaintext false) allows tls:// peers only.",
+    )
+    commitment_tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA certificates that tls:// commitment peers' certificates must chain "
+        "to (default: the system's). The node presents tls_cert_file if a peer asks for one.",
     )
     commitment_retry_for: float = Field(
         3600.0,
@@ -475,9 +490,12 @@ class Settings(BaseSettings):
     def _peers(cls, value: dict[str, str]) -> dict[str, str]:
         out = {}
         for ae, address in value.items():
-            host, sep, port = address.rpartition(":")
+            host, sep, port = address.removeprefix(TLS_SCHEME).rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"commitment_peers[{ae!r}] is {address!r}: expected 'host:port'")
+                raise ValueError(
+                    f"commitment_peers[{ae!r}] is {address!r}: expected 'host:port' or "
+                    f"'{TLS_SCHEME}host:port'"
+                )
             out[_check_ae_title(ae.strip(), "commitment_peers")] = address
         return out
 
@@ -545,6 +563,14 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}TLS_AE_SUBJECTS needs client certificates: "
                 f"set {ENV_PREFIX}TLS_CA_FILE"
             )
+        if not self.plaintext:
+            # a TLS-only node sends nothing in clear: a report names every instance by UID
+            clear = sorted(ae for ae, a in self.commitment_peers.items() if not is_tls_peer(a))
+            if clear:
+                raise ValueError(
+                    f"{ENV_PREFIX}COMMITMENT_PEERS {clear} would be called back in plaintext, but "
+                    f"{ENV_PREFIX}PLAINTEXT=false: give them as '{TLS_SCHEME}host:port'"
+                )
         if self.s3_sse == "aws:kms" and not self.s3_kms_key_id:
             raise ValueError(
                 f"{ENV_PREFIX}S3_KMS_KEY_ID is required when {ENV_PREFIX}S3_SSE is 'aws:kms'"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,12 @@ from dicomgate.commitment import (
     STORAGE_COMMITMENT,
     STORAGE_COMMITMENT_INSTANCE,
 )
+from dicomgate.config import Settings
+from dicomgate.scp._tls import server_context
 from dicomgate.state import CommitmentState
 from dicomgate.testing import write_tiny_study
 from tests.helpers import NodeHandle, send_files, start_node, wait_for
+from tests.tls_certs import CertAuthority
 
 SC_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -62,11 +66,12 @@ class Listener:
         self.reports.put((int(event.event_type), event.event_information))
         return 0x0000, None
 
-    def start(self) -> int:
+    def start(self, ssl_context: ssl.SSLContext | None = None) -> int:
         self.server = self.ae.start_server(
             ("127.0.0.1", 0),
             block=False,
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self._on_report)],
+            ssl_context=ssl_context,
         )
         return int(self.server.server_address[1])
 
@@ -304,3 +309,62 @@ def test_status_shows_expected_and_pending(tmp_path: Path) -> None:
     as_json = CliRunner().invoke(main, ["status", study, "--json", "--data-dir", str(data)])
     [s] = json.loads(as_json.output)["studies"]
     assert (s["expected"], s["expected_received"], s["pending_commitments"]) == (3, 2, [txn])
+
+
+def _tls_listener(tmp_path: Path, ca: CertAuthority) -> tuple[Listener, int]:
+    """A requester taking reports on a DICOM TLS port only (certificate from ``ca``)."""
+    issued = ca.issue("requester", "requester.example", server=True)
+    ln = Listener()
+    return ln, ln.start(server_context(issued.cert, issued.key))
+
+
+def test_report_called_back_over_tls(tmp_path: Path) -> None:
+    """A tls:// commitment peer gets its report over DICOM TLS, its certificate checked
+    against commitment_tls_ca_file; a peer whose certificate another CA issued gets nothing
+    (the report stays pending, the error says TLS)."""
+    ca, stranger = CertAuthority(tmp_path / "ca"), CertAuthority(tmp_path / "other", name="x")
+    paths = write_tiny_study(tmp_path / "in", 2)
+    good, good_port = _tls_listener(tmp_path / "good", ca)
+    bad, bad_port = _tls_listener(tmp_path / "bad", stranger)
+    try:
+        with start_node(
+            tmp_path / "node",
+            commitment_peers={
+                "REQUESTER": f"tls://127.0.0.1:{good_port}",
+                "IMPOSTOR": f"tls://127.0.0.1:{bad_port}",
+            },
+            commitment_tls_ca_file=ca.cert,
+        ) as h:
+            assert send_files(h.host, h.port, paths, aet="REQUESTER") == [0, 0]
+            txn, ds = _request(paths)
+            assert _n_action(h, ds)[0] == 0  # released at once: the report is called back
+            event_type, info = good.reports.get(timeout=15)
+            assert event_type == 1 and str(info.TransactionUID) == txn
+            assert set(_refs(info, "ReferencedSOPSequence")) == {
+                str(dcmread(p).SOPInstanceUID) for p in paths
+            }
+
+            other, ds2 = _request(paths)
+            assert _n_action(h, ds2, aet="IMPOSTOR")[0] == 0
+            state = h.node.state
+            assert state is not None
+            assert wait_for(
+                lambda: "TLS" in (((c := state.commitment(other)) and c.outcome) or ""), 15
+            ), state.commitment(other)
+            assert state.commitment(other).state != CommitmentState.REPORTED  # type: ignore[union-attr]
+            assert bad.reports.empty()
+    finally:
+        good.stop()
+        bad.stop()
+
+
+def test_tls_only_node_refuses_plaintext_commitment_peers(tmp_path: Path) -> None:
+    """PLAINTEXT=false sends nothing in clear: a host:port peer is a start-up error naming
+    the setting; the same peer as tls:// is accepted."""
+    issued = CertAuthority(tmp_path / "ca").issue("node", "node", server=True)
+    tls = {"plaintext": False, "tls_cert_file": issued.cert, "tls_key_file": issued.key}
+    with pytest.raises(ValueError, match=r"COMMITMENT_PEERS .*PLAINTEXT=false.*tls://"):
+        Settings(commitment_peers={"PACS": "10.0.0.5:104"}, **tls)
+    assert Settings(commitment_peers={"PACS": "tls://10.0.0.5:2762"}, **tls).commitment_peers
+    with pytest.raises(ValueError, match="expected 'host:port' or 'tls://host:port'"):
+        Settings(commitment_peers={"PACS": "tls://10.0.0.5"})
