@@ -490,6 +490,9 @@ class CommitmentReporter:
         ae.acse_timeout = s.acse_timeout
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.network_timeout
+        # bounds the TCP connect and, for a tls:// peer, the handshake inside it (a port that
+        # never answers the ClientHello would otherwise hold this thread, and every report)
+        ae.connection_timeout = s.acse_timeout
         ae.add_requested_context(
             STORAGE_COMMITMENT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )

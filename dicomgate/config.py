@@ -491,7 +491,13 @@ class Settings(BaseSettings):
         out = {}
         for ae, address in value.items():
             host, sep, port = address.removeprefix(TLS_SCHEME).rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if (
+                not sep
+                or not host
+                or "/" in host  # a misspelt scheme ("TLS://", "tsl://") is no host name
+                or not port.isdigit()
+                or not 0 < int(port) < 65536
+            ):
                 raise ValueError(
                     f"commitment_peers[{ae!r}] is {address!r}: expected 'host:port' or "
                     f"'{TLS_SCHEME}host:port'"

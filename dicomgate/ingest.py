@@ -30,7 +30,7 @@ from dicomgate._tracebacks import safe_traceback
 from dicomgate.checks import HeaderUIDs, Refusal, check_header
 from dicomgate.pseudonym import Pseudonymizer
 from dicomgate.spool import Spool, SpoolFullError, sha256_file
-from dicomgate.state import AdmitOutcome, InstanceRecord, StateStore
+from dicomgate.state import AdmitOutcome, InstanceRecord, StateError, StateStore
 from dicomgate.status import Status
 
 __all__ = ["Ingest", "StoreOutcome", "StoreRequest"]
@@ -228,6 +228,9 @@ class Ingest:
                 self.spool.remove(relative)
                 return self._duplicate(uids, admission.record)
             newest = admission.record  # CONFLICT: another node admitted a version meanwhile
+            if newest.version + 1 <= version:  # the store would answer the same again
+                self.spool.remove(relative)
+                raise StateError("the store's versions of this instance are inconsistent")
         if version > 1:
             log.warning(
                 "instance re-sent with different content, kept as a new version",

@@ -77,6 +77,14 @@ def reconcile(
     return report
 
 
+def _size(path: Path) -> int | None:
+    """The file's size; None if it is gone (another survivor reconciling the same node)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def _files(directory: Path) -> list[Path]:
     try:
         return sorted(p for p in directory.iterdir() if p.is_file())
@@ -124,7 +132,15 @@ def _reconcile_dir(
             # A row without a path: the file was purged after delivery but the unlink did not
             # survive (power loss), or a backup was restored. Delivered: drop the stale copy;
             # otherwise the row needs its file back.
-            if existing.state in _NEEDS_FILE:
+            # Only a row that lost its file takes this one, and only if it is the same size: a
+            # node that crashed between spooling a re-send under this name and hearing from
+            # the store that the name was taken leaves a file the sender never had
+            # acknowledged, which must not stand in for the acknowledged content.
+            if (
+                existing.state in _NEEDS_FILE
+                and existing.spool_path is None
+                and existing.size == _size(path)
+            ):
                 state.set_spool_path(existing.key, relative)
                 report.rows_rebuilt += 1
             else:

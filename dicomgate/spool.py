@@ -216,6 +216,10 @@ class Spool:
                 size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
+            # never over another file: an acknowledged instance is never replaced (callers
+            # hold the UID's lock in this process; other nodes write in their own directory)
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, "spool file already exists")
             received.rename(final)
             try:
                 self._instances_sync.sync()  # shared with concurrent renames (group commit)

@@ -51,6 +51,7 @@ def _leftover_processes() -> dict[int, str]:
     return found
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own clean-up and reports
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Tests stop every process they start: one that outlives the run is a failure, and it is
     killed here — a leftover holding the runner's stdout keeps CI waiting for ever."""
@@ -65,11 +66,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
             sys.stderr.write(f"\nprocesses started by the tests outlived them (killed):\n{lines}\n")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    # Nor may the runner itself hang on its way out (a non-daemon thread, an executor or a
-    # process pool never shut down, joined at exit): after a minute every thread's stack goes to
-    # stderr, loudly, and the runner exits with the session's own status.
+    _status[0] = int(session.exitstatus)
+
+
+_status = [0]  # the session's exit status, for the watchdog
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Nor may the runner itself hang on its way out (a non-daemon thread, an executor or a
+    process pool never shut down, joined at exit): a minute after everything pytest does, every
+    thread's stack goes to stderr, loudly, and the runner exits with the session's status."""
     threading.Thread(
-        target=_exit_watchdog, args=(int(session.exitstatus), 60), name="exit-watchdog", daemon=True
+        target=_exit_watchdog, args=(_status[0], 60), name="exit-watchdog", daemon=True
     ).start()
 
 

@@ -181,6 +181,34 @@ def test_reconcile_after_crash_leftovers(tmp_path: Path) -> None:
         assert n.incoming_files == []
 
 
+def test_reconcile_never_attaches_an_unacknowledged_copy(tmp_path: Path) -> None:
+    """A row whose file is gone and, under its name, a file of another size — what a crash
+    leaves between spooling a re-send with changed content and hearing from the store that
+    the name was taken (never acknowledged): the file is dropped, not attached to the row."""
+    [a] = write_ct_study(tmp_path / "a", 1, rows=16, columns=16)
+    ds = dcmread(a)
+    ds.ImageComments = "a changed re-send, never acknowledged"
+    b = tmp_path / "b.dcm"
+    ds.save_as(b, enforce_file_format=True)
+    data = tmp_path / "data"
+    with start_node(data) as n:
+        assert send_files(n.host, n.port, [a]) == [0]
+        assert n.node.state is not None
+        [v1] = n.node.state.instances()
+        assert v1.spool_path is not None
+        n.node.state.set_spool_path(v1.key, None)  # its file lost
+    spooled = data / "spool" / str(v1.spool_path)
+    spooled.write_bytes(b.read_bytes())  # the leftover under the same name
+    assert spooled.stat().st_size != v1.size
+    with start_node(data) as n:
+        assert n.node.reconcile_report is not None
+        assert n.node.reconcile_report.rows_rebuilt == 0
+        assert n.node.reconcile_report.stale_removed == 1
+        assert n.node.state is not None
+        assert n.node.state.get(v1.key).spool_path is None  # type: ignore[union-attr]
+        assert not spooled.exists()
+
+
 def test_damaged_spool_file_is_set_aside(tmp_path: Path) -> None:
     """A spool file without a row that no longer parses is moved to spool/damaged."""
     data = tmp_path / "data"

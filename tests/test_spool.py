@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dicomgate.spool import Spool, node_dir_name
 
 UID = "1.2.826.0.1.3680043.8.498.1"
@@ -48,3 +50,17 @@ def test_node_ids_become_safe_distinct_directory_names() -> None:
     assert all("/" not in n and n not in (".", "..") and len(n) <= 64 for n in odd)
     assert node_dir_name("a/b") != node_dir_name("a_b")
     assert len(set(odd)) == len(odd)
+
+
+def test_a_spool_file_is_never_replaced(tmp_path: Path) -> None:
+    """Admitting under a name that is taken fails and keeps both files: the spooled one is
+    an acknowledged instance."""
+    spool = Spool(tmp_path, limit=10**9, min_free=0)
+    spool.prepare()
+    rel, _ = spool.admit(_received(spool, b"acknowledged"), UID, 1)
+    second = _received(spool, b"another copy")
+    with pytest.raises(FileExistsError):
+        spool.admit(second, UID, 1)
+    assert spool.path_of(rel).read_bytes() == b"acknowledged"
+    assert second.read_bytes() == b"another copy"  # still the caller's to refuse and remove
+    assert spool.usage().bytes_used == len(b"acknowledged")

@@ -578,14 +578,15 @@ class Pipeline:
 
     # -- study completion and clean-up -----------------------------------------------------------
     async def _track_once(self) -> None:
-        deadline = time.monotonic() + _TRACK_MAX
+        start = time.monotonic()
         # receiving comes first: the studies open associations carry cannot complete
         # meanwhile, and each look costs the receiving threads CPU (the GIL)
-        while self._ingest_busy() and time.monotonic() < deadline:
+        while self._ingest_busy() and time.monotonic() < start + _TRACK_MAX:
             await asyncio.sleep(0.1)
-        if not self._ingest_busy():
+        left = start + self._track_interval - time.monotonic()
+        if left > 0 and not self._ingest_busy():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._track_interval):
+                async with asyncio.timeout(left):
                     await self._track_wake.wait()
         self._track_wake.clear()
         # a burst of finishing instances makes one look: at most one per _TRACK_MIN

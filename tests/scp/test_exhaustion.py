@@ -61,12 +61,13 @@ def test_pending_connections_bounded_then_cut_after_acse_timeout(
     a real storescu succeeds."""
     events: list[SecurityEvent] = []
     with start_node(
-        # acse_timeout is the window in which all three must be seen pending: 5 s, not 2, so
-        # a busy machine accepting the third late does not see the first cut already
+        # the timeouts are the window in which all three must be seen pending and the fourth
+        # refused: 5 s, not 2 (either timeout cuts a silent connection), so a busy machine
+        # accepting late does not find the first one cut already
         tmp_path / "d",
         max_pending_connections=3,
         acse_timeout=5,
-        network_timeout=2,
+        network_timeout=5,
     ) as node:
         assert node.node.scp is not None
         node.node.scp.gate.on_event = events.append
