@@ -44,7 +44,7 @@ from pynetdicom import AE, build_role
 from dicomgate._logging import get_logger
 from dicomgate._tracebacks import safe_traceback
 from dicomgate.audit import NULL_TRAIL, AuditTrail
-from dicomgate.config import TLS_SCHEME, Settings, is_tls_peer
+from dicomgate.config import Settings, parse_peer
 from dicomgate.ops.metrics import Metrics
 from dicomgate.state import (
     DEFAULT_LEASE_SECONDS,
@@ -464,10 +464,8 @@ class CommitmentReporter:
 
     def _peer(self, calling_ae: str) -> _Peer | None:
         address = self.settings.commitment_peers.get(calling_ae)
-        if address is None:
-            return None
-        host, _, port = address.removeprefix(TLS_SCHEME).rpartition(":")
-        return _Peer(host.strip("[]"), int(port), tls=is_tls_peer(address))
+        parsed = parse_peer(address) if address is not None else None  # checked by Settings
+        return _Peer(*parsed) if parsed is not None else None
 
     def _tls_args(self, peer: _Peer) -> tuple[ssl.SSLContext, str] | None:
         """(client context, server name) for a tls:// peer: BCP 195 suites as the listener's;

@@ -60,9 +60,15 @@ ENV_PREFIX = "DICOMGATE_"
 TLS_SCHEME = "tls://"
 
 
-def is_tls_peer(address: str) -> bool:
-    """Whether a ``commitment_peers`` address asks for DICOM TLS."""
-    return address.startswith(TLS_SCHEME)
+def parse_peer(address: str) -> tuple[str, int, bool] | None:
+    """(host, port, tls) of a ``commitment_peers`` address — ``host:port``, or
+    ``tls://host:port`` for DICOM TLS; ``[v6]`` hosts lose their brackets — else None."""
+    tls = address.startswith(TLS_SCHEME)
+    host, sep, port = address.removeprefix(TLS_SCHEME).rpartition(":")
+    # "/" in the host: a misspelt scheme ("TLS://", "tsl://"), not a host name
+    if not sep or not host or "/" in host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host.strip("[]"), int(port), tls
 
 
 # Variables the project reads outside the settings model (never "unknown").
@@ -490,14 +496,7 @@ class Settings(BaseSettings):
     def _peers(cls, value: dict[str, str]) -> dict[str, str]:
         out = {}
         for ae, address in value.items():
-            host, sep, port = address.removeprefix(TLS_SCHEME).rpartition(":")
-            if (
-                not sep
-                or not host
-                or "/" in host  # a misspelt scheme ("TLS://", "tsl://") is no host name
-                or not port.isdigit()
-                or not 0 < int(port) < 65536
-            ):
+            if parse_peer(address) is None:
                 raise ValueError(
                     f"commitment_peers[{ae!r}] is {address!r}: expected 'host:port' or "
                     f"'{TLS_SCHEME}host:port'"
@@ -571,7 +570,9 @@ class Settings(BaseSettings):
             )
         if not self.plaintext:
             # a TLS-only node sends nothing in clear: a report names every instance by UID
-            clear = sorted(ae for ae, a in self.commitment_peers.items() if not is_tls_peer(a))
+            clear = sorted(
+                ae for ae, a in self.commitment_peers.items() if not a.startswith(TLS_SCHEME)
+            )
             if clear:
                 raise ValueError(
                     f"{ENV_PREFIX}COMMITMENT_PEERS {clear} would be called back in plaintext, but "

@@ -178,11 +178,9 @@ class Ingest:
         # the store first — one state round trip per C-STORE (two DynamoDB calls, not three).
         # A UID the store already has comes back as CONFLICT with its newest version, and the
         # loop then compares contents: a re-sent duplicate costs a spool write it removes again.
-        # Unless this node's spool still holds version 1 (not yet delivered): its name must
-        # never be renamed over, so then the store is asked first.
+        # The spool never renames over a file: if this node still holds version 1 (not yet
+        # delivered), the store is asked then.
         newest: InstanceRecord | None = None
-        if self.spool.holds(uids.sop_instance_uid, 1):
-            newest = self.state.latest_version(uids.sop_instance_uid)
         new_sha: str | None = None
         source, relative = req.path, None
         while True:
@@ -195,9 +193,19 @@ class Ingest:
                         self.spool.remove(relative)
                     return self._duplicate(uids, newest)
             version = newest.version + 1 if newest is not None else 1
+            try:
+                spooled, size = self.spool.admit(source, uids.sop_instance_uid, version)
+            except FileExistsError:
+                if newest is None and relative is None:  # version 1, still in this spool
+                    newest = self.state.latest_version(uids.sop_instance_uid)
+                    if newest is not None:
+                        continue
+                if relative is not None:
+                    self.spool.remove(relative)
+                raise StateError("a spool file of this instance is unknown to the store") from None
             if relative is not None:
-                self.spool.release(size)  # admitted again below, under its new version
-            relative, size = self.spool.admit(source, uids.sop_instance_uid, version)
+                self.spool.release(size)  # the same file, counted again under its new version
+            relative = spooled
             source = self.spool.path_of(relative)
             record = InstanceRecord(
                 sop_instance_uid=uids.sop_instance_uid,

@@ -186,10 +186,6 @@ class Spool:
             raise ValueError("spool file version must be >= 1")
         return f"{sop_instance_uid}~v{version}.dcm"
 
-    def holds(self, sop_instance_uid: str, version: int) -> bool:
-        """Whether this node's ``instances/`` has the file of that version."""
-        return (self.instances / self.file_name(sop_instance_uid, version)).exists()
-
     @staticmethod
     def parse_file_name(name: str) -> tuple[str, int] | None:
         """(SOP Instance UID, version) of a name :meth:`file_name` made, else ``None``."""
@@ -217,7 +213,8 @@ class Spool:
             finally:
                 os.close(fd)
             # never over another file: an acknowledged instance is never replaced (callers
-            # hold the UID's lock in this process; other nodes write in their own directory)
+            # hold the UID's lock in this process; other nodes write in their own directory).
+            # FileExistsError tells the caller the name is taken (ingest then asks the store).
             if final.exists():
                 raise FileExistsError(errno.EEXIST, "spool file already exists")
             received.rename(final)

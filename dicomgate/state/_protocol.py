@@ -526,7 +526,7 @@ class StateStore(Protocol):
     def oldest_undelivered(self) -> float | None:
         """When the oldest instance still on its way was admitted (received, processed, or
         uploaded and not yet in a manifest); None when there is none. Read on every metrics
-        flush: it must not read every such row."""
+        flush: never a table scan."""
         ...
 
     def purgeable(self, *, delivered_before: float) -> list[InstanceRecord]:
