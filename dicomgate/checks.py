@@ -13,6 +13,7 @@ anyway, so the same positional checks run on the inflated copy it already holds.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ _UIDS = {  # keyword -> tag, read raw (no pydicom conversion, which warns quotin
 }
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _DEFER_SIZE = 1024  # larger values are only seeked over, never read
+#: Files up to this size are parsed from memory: pydicom asks a file for its position at every
+#: element, and a real file answers each ``tell()`` with an ``lseek`` system call (~100 for a
+#: small CT header); one ``read`` into a ``BytesIO`` replaces them all.
+IN_MEMORY_MAX = 1 << 20
 _TOO_LONG = b"\xff"  # a deferred value where a short one belongs (see _raw)
 
 # PS3.5 8.1 / 8.2, and Float / Double Float Pixel Data (PS3.3 C.7.6.24): what
@@ -217,7 +222,7 @@ _ReadAt = Callable[[int, int], bytes]  # (position, count) -> at most count byte
 def _reader(data: BinaryIO, fp: BinaryIO) -> _ReadAt:
     """Read a few bytes at a position: ``pread`` on the file itself (exactly those bytes, not
     a buffer-full of the fragment behind them), seek + read in pydicom's inflated copy."""
-    if data is fp:
+    if data is fp and not isinstance(fp, io.BytesIO):
         fd = fp.fileno()
         return lambda pos, count: os.pread(fd, count, pos)
 
@@ -350,9 +355,10 @@ def check_header(
     ``file_size``, if the caller already has it, spares a stat of the file.
     """
     try:
-        with path.open("rb") as fp:
+        with path.open("rb") as raw:
             if file_size is None:
-                file_size = os.fstat(fp.fileno()).st_size
+                file_size = os.fstat(raw.fileno()).st_size
+            fp: BinaryIO = io.BytesIO(raw.read()) if file_size <= IN_MEMORY_MAX else raw
             # Pixel data (possibly gigabytes, possibly compressed) is neither read nor decoded.
             ds = dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
             # Deflated: the dataset pydicom inflated (positions are in it); else the file.

@@ -35,6 +35,7 @@ from dicomgate._tracebacks import safe_traceback
 from dicomgate.config import Settings
 from dicomgate.deid import DeidConfig
 from dicomgate.delivery import (
+    CONTENT_TYPE_DICOM,
     DeliveryError,
     Destination,
     Notifier,
@@ -115,7 +116,8 @@ class Pipeline:
         self.staging = staging or settings.data_dir / "staging"
         self._pool: ProcessPoolExecutor | None = None
         self._process_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(self._workers * 2)
-        self._upload_q: asyncio.Queue[InstanceRecord] = asyncio.Queue(
+        # (instance, its de-identified bytes when small, else None: they are in staging)
+        self._upload_q: asyncio.Queue[tuple[InstanceRecord, bytes | None]] = asyncio.Queue(
             settings.delivery_concurrency * 2
         )
         # instances somewhere in this node's pipeline right now, with their current lease
@@ -258,7 +260,7 @@ class Pipeline:
             rec = claim.record
             self._carrying[rec.key] = claim.lease
             if rec.state == InstanceState.PROCESSED and self._staged_ok(rec):
-                await self._upload_q.put(rec)
+                await self._upload_q.put((rec, None))
             else:
                 await self._process_q.put(rec)
         if len(claims) < 64:
@@ -476,12 +478,12 @@ class Pipeline:
         self.state.record_processed(self._lease(rec), **fields)
         self._count("processed")
         updated = dataclasses.replace(rec, state=InstanceState.PROCESSED, **fields)
-        await self._upload_q.put(updated)
+        await self._upload_q.put((updated, result.data))
         return True
 
     # -- upload ---------------------------------------------------------------------------------
     async def _upload_once(self) -> None:
-        rec = await self._upload_q.get()
+        rec, data = await self._upload_q.get()
         try:
             while self._uploads_deferred():
                 await asyncio.sleep(0.05)
@@ -491,7 +493,7 @@ class Pipeline:
             # older version that lost the race to a newer one is not uploaded at all.
             async with self._key_lock(key):
                 if not self._superseded(rec):
-                    await self._upload(rec, key)
+                    await self._upload(rec, key, data)
         except LeaseLost:
             self._lost(rec)
         finally:
@@ -512,13 +514,18 @@ class Pipeline:
             else:
                 self._key_locks[key] = (lock, users - 1)
 
-    async def _upload(self, rec: InstanceRecord, key: str) -> None:
+    async def _upload(self, rec: InstanceRecord, key: str, data: bytes | None) -> None:
+        """Upload the de-identified instance: ``data`` when the worker handed it back (small),
+        else the staged file."""
         path = self._staging_path(rec)
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                await self.destination.put_file(key, path, sha256=rec.deid_sha256)
+                if data is not None:
+                    await self.destination.put_bytes(key, data, content_type=CONTENT_TYPE_DICOM)
+                else:
+                    await self.destination.put_file(key, path, sha256=rec.deid_sha256)
                 break
             except RetryableDeliveryError as exc:
                 attempt += 1
@@ -574,7 +581,8 @@ class Pipeline:
         self.state.record_uploaded(self._lease(rec), key)
         self._finished(rec)
         self._count("uploaded")
-        path.unlink(missing_ok=True)
+        if data is None:
+            path.unlink(missing_ok=True)
 
     # -- study completion and clean-up -----------------------------------------------------------
     async def _track_once(self) -> None:

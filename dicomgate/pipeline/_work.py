@@ -8,10 +8,11 @@ crosses back to the event loop is a small picklable :class:`WorkResult`.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from dicomgate._logging import LogSetup, configure_worker_logging
 from dicomgate._process import die_with_parent
+from dicomgate.checks import IN_MEMORY_MAX
 from dicomgate.deid import DeidConfig, deidentify, encode_dataset, verify_no_phi
 from dicomgate.deid._diagnose import diagnose
 from dicomgate.pipeline.validate import AcceptRules, InstanceMetadata
@@ -28,6 +30,11 @@ from dicomgate.spool import sha256_file
 __all__ = ["Quarantine", "WorkOrder", "WorkResult", "process_instance", "worker_init"]
 
 _IN_MEMORY_WRITE = 32 * 1024 * 1024
+#: De-identified outputs up to this size go back to the node in the result and are uploaded
+#: from memory: no staging file is created, read and deleted for each small instance (on a
+#: busy spool filesystem, creating and deleting inodes is a large part of the work). Larger
+#: ones are staged on disk, where they also survive a restart.
+RESULT_IN_MEMORY_MAX = IN_MEMORY_MAX
 
 
 def worker_init(log_setup: LogSetup | None = None, parent_pid: int | None = None) -> None:
@@ -78,6 +85,8 @@ class WorkResult:
     modality: str | None = None
     series_number: int | None = None
     instance_number: int | None = None
+    #: the de-identified file itself when it is small (else it is at the order's staging path)
+    data: bytes | None = field(default=None, repr=False)
 
     @property
     def quarantined(self) -> bool:
@@ -95,14 +104,22 @@ class _Job:
     raw_size: int = 0
     out_sha256: str | None = None
     out_size: int = 0
+    out_data: bytes | None = None
 
 
 def _read(job: _Job) -> _Job:
-    # Hash by streaming and parse from the file: the raw bytes are never held twice.
     path = Path(job.order.raw_path)
-    job.raw_sha256, job.raw_size = sha256_file(path)
+    source: Path | io.BytesIO = path
+    if path.stat().st_size <= IN_MEMORY_MAX:
+        # small: read once, hash and parse from memory (no lseek per element, see checks)
+        data = path.read_bytes()
+        job.raw_sha256, job.raw_size = hashlib.sha256(data).hexdigest(), len(data)
+        source = io.BytesIO(data)
+    else:
+        # large: hash by streaming and parse from the file, never holding the bytes twice
+        job.raw_sha256, job.raw_size = sha256_file(path)
     try:
-        job.ds = dcmread(path)
+        job.ds = dcmread(source)
     except Exception as exc:
         raise Quarantine("validate", f"dataset cannot be read: {type(exc).__name__}") from None
     return job
@@ -157,8 +174,11 @@ def _write(job: _Job) -> _Job:
     try:
         if job.raw_size <= _IN_MEMORY_WRITE:
             data = encode_dataset(job.out)  # the fast path, for the usual few-MB instance
-            tmp.write_bytes(data)
             job.out_sha256, job.out_size = hashlib.sha256(data).hexdigest(), len(data)
+            if len(data) <= RESULT_IN_MEMORY_MAX:
+                job.out_data = data
+                return job
+            tmp.write_bytes(data)
         else:
             # Large (multi-frame) instances are written straight to the file: the worker holds
             # the pixel data once, not three times.
@@ -208,6 +228,7 @@ def process_instance(order: WorkOrder) -> WorkResult:
         deid_sop_uid=str(out.SOPInstanceUID),
         deid_size=job.out_size,
         deid_sha256=job.out_sha256,
+        data=job.out_data,
         modality=job.meta.modality,
         series_number=job.meta.series_number,
         instance_number=job.meta.instance_number,

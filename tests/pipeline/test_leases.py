@@ -33,13 +33,17 @@ def _node(data: Path, monkeypatch: pytest.MonkeyPatch, upload_s: float) -> tuple
     host, port = node.start()
     assert node.pipeline is not None
     destination = node.pipeline.destination
-    real = destination.put_file
 
-    async def slow(*args: Any, **kw: Any) -> Any:  # a destination slower than a lease
-        await asyncio.sleep(upload_s)
-        return await real(*args, **kw)
+    def slowed(real: Any) -> Any:
+        async def slow(*args: Any, **kw: Any) -> Any:  # a destination slower than a lease
+            await asyncio.sleep(upload_s)
+            return await real(*args, **kw)
 
-    monkeypatch.setattr(destination, "put_file", slow)
+        return slow
+
+    # small instances are uploaded from memory (put_bytes), large ones from staging (put_file)
+    for method in ("put_file", "put_bytes"):
+        monkeypatch.setattr(destination, method, slowed(getattr(destination, method)))
     return node, host, port
 
 

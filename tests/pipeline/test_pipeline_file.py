@@ -6,10 +6,16 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from dicomgate.deid import compile_profile, verify_no_phi
+from dicomgate.delivery import CONTENT_TYPE_DICOM
+from dicomgate.delivery.file import FileDestination
+from dicomgate.pipeline._work import RESULT_IN_MEMORY_MAX
 from dicomgate.testing import write_ct_study
 from tests.helpers import send_files, start_node, wait_for
 
@@ -131,3 +137,49 @@ def test_raw_copies_kept_for_the_configured_retention(tmp_path: Path) -> None:
         assert len(n.spool_files) == 2
         assert n.node.state is not None
         assert all(r.spool_path for r in n.node.state.instances())
+
+
+def test_small_instances_uploaded_from_memory_large_from_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small instance's de-identified bytes come back from the worker and are uploaded from
+    memory (no staging file); one over RESULT_IN_MEMORY_MAX is staged on disk and uploaded
+    from there. Both arrive whole, as the manifest says, and staging is left empty."""
+    study_uid = generate_uid()
+    small = write_ct_study(tmp_path / "small", 3, rows=32, columns=32, study_uid=study_uid)
+    [large] = write_ct_study(tmp_path / "large", 1, rows=800, columns=800, study_uid=study_uid)
+    assert large.stat().st_size > RESULT_IN_MEMORY_MAX
+    uploads: list[tuple[str, str]] = []
+    real_file, real_bytes = FileDestination.put_file, FileDestination.put_bytes
+
+    async def put_file(self: FileDestination, key: str, path: Path, **kw: Any) -> Any:
+        uploads.append(("file", key))
+        assert path.parent.name == "staging" and path.is_file()
+        return await real_file(self, key, path, **kw)
+
+    async def put_bytes(self: FileDestination, key: str, data: bytes, **kw: Any) -> Any:
+        if kw.get("content_type") == CONTENT_TYPE_DICOM:
+            uploads.append(("bytes", key))
+        return await real_bytes(self, key, data, **kw)
+
+    monkeypatch.setattr(FileDestination, "put_file", put_file)
+    monkeypatch.setattr(FileDestination, "put_bytes", put_bytes)
+    with start_node(tmp_path / "data", pipeline=True, stable_after=0.3) as n:
+        assert send_files(n.host, n.port, [*small, large]) == [0] * 4
+        assert wait_for(lambda: _manifest_version(n, study_uid) == 1, timeout=60)
+        record = n.node.state.study(study_uid)  # type: ignore[union-attr]
+        assert record is not None
+        staging = n.data_dir / "staging"
+        assert wait_for(lambda: list(staging.iterdir()) == [], timeout=10)
+    assert sorted(kind for kind, _ in uploads) == ["bytes", "bytes", "bytes", "file"]
+    out = tmp_path / "data" / "delivered"
+    manifest = json.loads((out / record.deid_study_uid / "manifest-v1.json").read_bytes())
+    sizes = []
+    for inst in manifest["instances"]:
+        data = (out / inst["key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == inst["sha256"]
+        assert dcmread(out / inst["key"]).PatientIdentityRemoved == "YES"
+        sizes.append(len(data))
+    assert max(sizes) > RESULT_IN_MEMORY_MAX  # the staged one is the large one
+    [large_key] = [key for kind, key in uploads if kind == "file"]
+    assert (out / large_key).stat().st_size == max(sizes)

@@ -66,16 +66,16 @@ def test_newer_version_wins_a_slow_older_upload(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """v1's slow upload cannot overwrite v2: the object and the manifest both hold v2."""
-    real = FileDestination.put_file
+    real = FileDestination.put_bytes  # a small instance is uploaded from memory
     calls: list[str] = []
 
-    async def put_file(self: FileDestination, key: str, path: Path, **kw: Any) -> Any:
-        calls.append(path.name)
+    async def put_bytes(self: FileDestination, key: str, data: bytes, **kw: Any) -> Any:
+        calls.append(key)
         if len(calls) == 1:
             await asyncio.sleep(1.5)
-        return await real(self, key, path, **kw)
+        return await real(self, key, data, **kw)
 
-    monkeypatch.setattr(FileDestination, "put_file", put_file)
+    monkeypatch.setattr(FileDestination, "put_bytes", put_bytes)
     [v1] = write_ct_study(tmp_path / "v1", 1, rows=16, columns=16)
     ds = dcmread(v1)
     ds.PixelData = bytes(len(ds.PixelData))
