@@ -601,9 +601,18 @@ class Pipeline:
         await asyncio.sleep(max(0.0, self._last_track + _TRACK_MIN - time.monotonic()))
         self._last_track = time.monotonic()
         self.publisher.tick(set(self._in_flight_studies()))
-        if time.monotonic() >= self._next_purge:
+        if time.monotonic() >= self._next_purge and self._purge_now():
             self._next_purge = time.monotonic() + _PURGE_EVERY
             await asyncio.to_thread(self._purge)  # file deletions stay off the event loop
+
+    def _purge_now(self) -> bool:
+        """Removing delivered raw copies waits while associations are open (each removal is a
+        state write and an unlink, taken from the receiving threads), unless the spool is past
+        half its limit: a sender that never pauses must not fill it."""
+        if not self._ingest_busy():
+            return True
+        usage = self.spool.usage()
+        return usage.bytes_used * 2 > usage.limit
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""

@@ -17,7 +17,7 @@ from dicomgate.delivery import CONTENT_TYPE_DICOM
 from dicomgate.delivery.file import FileDestination
 from dicomgate.pipeline._work import RESULT_IN_MEMORY_MAX
 from dicomgate.testing import write_ct_study
-from tests.helpers import send_files, start_node, wait_for
+from tests.helpers import associate, send_files, start_node, wait_for
 
 
 def _manifest_version(node: object, study_uid: str) -> int:
@@ -137,6 +137,34 @@ def test_raw_copies_kept_for_the_configured_retention(tmp_path: Path) -> None:
         assert len(n.spool_files) == 2
         assert n.node.state is not None
         assert all(r.spool_path for r in n.node.state.instances())
+
+
+@pytest.mark.parametrize("pressed", [False, True], ids=["room", "spool-half-full"])
+def test_raw_copies_purged_once_associations_close(tmp_path: Path, pressed: bool) -> None:
+    """Removing delivered raw copies waits while an association is open (receiving comes
+    first), and happens once it closes; with the spool past half its limit it does not wait."""
+    paths = write_ct_study(tmp_path / "study", 2, rows=16, columns=16)
+    uid = str(dcmread(paths[0]).StudyInstanceUID)
+    size = sum(p.stat().st_size for p in paths)
+    limit = {"spool_limit": size * 3 // 2} if pressed else {}
+    with start_node(
+        tmp_path / "data", pipeline=True, stable_after=0.2, keep_raw_for=0, **limit
+    ) as n:
+        idle = associate(n.host, n.port)  # open, sending nothing: the node is receiving
+        try:
+            assert idle.is_established
+            assert send_files(n.host, n.port, paths) == [0, 0]
+            assert wait_for(lambda: _manifest_version(n, uid) == 1, timeout=30)
+            if pressed:
+                assert wait_for(lambda: n.spool_files == [], timeout=10)
+            else:
+                time.sleep(3)  # past a purge interval (2 s)
+                assert len(n.spool_files) == 2
+        finally:
+            idle.release()
+        assert wait_for(lambda: n.spool_files == [], timeout=10)
+        assert n.node.state is not None
+        assert not any(r.spool_path for r in n.node.state.instances())
 
 
 def test_small_instances_uploaded_from_memory_large_from_staging(
