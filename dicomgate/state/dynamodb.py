@@ -634,6 +634,17 @@ class DynamoDBStateStore:
                 rows.append(_row(item))
         return latest, rows
 
+    def _head_and_row(self, key: InstanceKey) -> tuple[int, _Row | None]:
+        """``HEAD``'s latest version (0: none) and the row of ``key`` (None: none), each read
+        consistently, in one request (not a query of every version)."""
+        latest, row = 0, None
+        for item in self._batch_get([_head_key(key.sop_instance_uid), _ikey(key)]):
+            if item["sk"]["S"] == "HEAD":
+                latest = int(item["latest"]["N"])
+            else:
+                row = _row(item)
+        return latest, row
+
     def _head_check(self, sop_instance_uid: str, latest: int) -> dict[str, Any]:
         """A transaction item: ``HEAD`` still says ``latest`` (no newer version arrived)."""
         check: dict[str, Any] = {"TableName": self.table, "Key": _head_key(sop_instance_uid)}
@@ -794,8 +805,7 @@ class DynamoDBStateStore:
         None if the key has no row."""
         for _ in range(_ATTEMPTS):
             if head:
-                latest, rows = self._versions(key.sop_instance_uid)
-                row = next((r for r in rows if r.rec.version == key.version), None)
+                latest, row = self._head_and_row(key)
             else:
                 latest = 0
                 item = self._get(_ikey(key))

@@ -663,6 +663,17 @@ class SqliteStateStore:
             )
 
     def supersede_if_stale(self, lease: Lease) -> bool:
+        # The usual answer ("no newer version, still ours") from one read, without taking the
+        # write lock that receiving threads and other nodes wait on.
+        [(newer, held)] = self._read(
+            "SELECT EXISTS (SELECT 1 FROM instances WHERE sop_instance_uid = ? AND version > ?), "
+            f"EXISTS (SELECT 1 FROM instances WHERE {_KEY} AND lease_token = ?)",
+            (*lease.key, *lease.key, lease.token),
+        )
+        if not held:
+            raise _lost(lease.key)
+        if not newer:
+            return False
         with self._transaction() as c:
             newer = c.execute(
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ? AND version > ? LIMIT 1",
