@@ -411,6 +411,10 @@ class Node:
             metrics=self.metrics,
             lease_seconds=self.lease_seconds,
         )
+        try:
+            self.commitments.check()  # a bad CA file for call-backs stops start-up, named
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         self.scp = StoreSCP(
             self.settings,
             ingest,

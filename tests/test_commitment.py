@@ -25,6 +25,7 @@ from dicomgate.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
 )
 from dicomgate.config import Settings
+from dicomgate.node import StartupError
 from dicomgate.scp._tls import server_context
 from dicomgate.state import CommitmentState
 from dicomgate.testing import write_tiny_study
@@ -368,3 +369,26 @@ def test_tls_only_node_refuses_plaintext_commitment_peers(tmp_path: Path) -> Non
     assert Settings(commitment_peers={"PACS": "tls://10.0.0.5:2762"}, **tls).commitment_peers
     with pytest.raises(ValueError, match="expected 'host:port' or 'tls://host:port'"):
         Settings(commitment_peers={"PACS": "tls://10.0.0.5"})
+
+
+@pytest.mark.parametrize("problem", ["missing", "not a certificate"])
+def test_bad_commitment_ca_file_stops_start_up_naming_the_setting(
+    tmp_path: Path, problem: str
+) -> None:
+    """A commitment_tls_ca_file that cannot be loaded is a start-up error naming the setting
+    (not a failure of every call-back later); plaintext peers alone never read it."""
+    ca_file = tmp_path / "ca.pem"
+    if problem != "missing":
+        ca_file.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    peers = {"PACS": "tls://127.0.0.1:2762"}
+    with (
+        pytest.raises(StartupError, match=r"CA file .*ca\.pem.*COMMITMENT_TLS_CA_FILE"),
+        start_node(tmp_path / "node", commitment_peers=peers, commitment_tls_ca_file=ca_file),
+    ):
+        pass
+    with start_node(
+        tmp_path / "plain",
+        commitment_peers={"PACS": "127.0.0.1:104"},
+        commitment_tls_ca_file=ca_file,
+    ) as h:
+        assert h.port

@@ -74,14 +74,14 @@ def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(
             f"cannot load the TLS certificate {cert_file} and key {key_file} "
-            f"(DICOMGATE_TLS_CERT_FILE, DICOMGATE_TLS_KEY_FILE): {_why(exc)}"
+            f"(DICOMGATE_TLS_CERT_FILE, DICOMGATE_TLS_KEY_FILE): {why(exc)}"
         ) from None
     if ca_file is not None:
         try:
             ctx.load_verify_locations(cafile=str(ca_file))
         except (OSError, ssl.SSLError) as exc:
             raise TlsConfigError(
-                f"cannot load the TLS CA file {ca_file} (DICOMGATE_TLS_CA_FILE): {_why(exc)}"
+                f"cannot load the TLS CA file {ca_file} (DICOMGATE_TLS_CA_FILE): {why(exc)}"
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
@@ -111,7 +111,8 @@ def client_context(
     return ctx
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
+    """What went wrong loading a TLS file, in a few words (no path: the caller names it)."""
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     if isinstance(exc, OSError):
