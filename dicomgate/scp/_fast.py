@@ -600,6 +600,12 @@ class FastAssociation(Association):
         try:
             super().run_reactor()
         finally:
+            # the node's backstop: an association whose end no event reported is forgotten
+            # when its thread exits (set by StoreSCP.register; absent for associations it
+            # never tracked)
+            on_end = getattr(self, "_dicomgate_on_thread_end", None)
+            if on_end is not None:
+                on_end(self)
             pending = getattr(self.dimse, "msg_queue", None)
             while pending is not None:
                 try:

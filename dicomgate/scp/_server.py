@@ -6,6 +6,7 @@ DIMSE status, bind the association's log context, and never touch S3.
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import sys
@@ -66,6 +67,10 @@ log = get_logger(__name__)
 
 #: Attribute of a pynetdicom ``Association`` holding its :class:`AssociationInfo`.
 _INFO_ATTR = "_dicomgate_info"
+#: set on an association once its end was reported (whichever event came first)
+_ENDED_ATTR = "_dicomgate_ended"
+#: called by the association's thread as it exits (dicomgate.scp._fast.FastAssociation)
+ON_THREAD_END_ATTR = "_dicomgate_on_thread_end"
 
 #: Accepted for every storage SOP class. Compressed pixel data is stored as received.
 TRANSFER_SYNTAXES = [
@@ -558,14 +563,25 @@ class StoreSCP:
         )
 
     def register(self, assoc: Any) -> AssociationInfo:
-        """Start tracking an association that was just established."""
+        """Start tracking an association that was just established.
+
+        Its end may already have been reported: EVT_CONN_CLOSE comes from the DUL thread and
+        can overtake EVT_ESTABLISHED in the association thread (a peer that closes right after
+        its A-ASSOCIATE-RQ; found by fuzzing under load). Such an association is not tracked:
+        no later event would remove it, and ``busy()`` would say "receiving" for ever.
+        """
         info = self._new_info(assoc)
         info.assoc = assoc
         setattr(assoc, _INFO_ATTR, info)  # the handlers' lock-free lookup
         with self._lock:
+            if getattr(assoc, _ENDED_ATTR, False):
+                info.closed = True
+                return info
             self._associations[id(assoc)] = info
             if self._on_open_count is not None:
                 self._on_open_count(len(self._associations))
+        # whatever way the association ends, its thread's exit ends the tracking too
+        setattr(assoc, ON_THREAD_END_ATTR, functools.partial(_end, self, how="thread ended"))
         return info
 
     def info(self, assoc: Any) -> AssociationInfo:
@@ -616,6 +632,7 @@ class StoreSCP:
     def forget(self, assoc: Any) -> AssociationInfo | None:
         """The association ended: stop tracking it and give back its study holds."""
         with self._lock:
+            setattr(assoc, _ENDED_ATTR, True)
             info = self._associations.pop(id(assoc), None)
             if info is not None:
                 info.closed = True
@@ -705,11 +722,16 @@ def _how_it_ended(assoc: Any, event_says: str) -> str:
 
 
 def _handle_closed(event: Any, scp: StoreSCP, how: str) -> None:
-    how = _how_it_ended(event.assoc, how)
+    _end(scp, event.assoc, how)
+
+
+def _end(scp: StoreSCP, assoc: Any, how: str) -> None:
+    """The association ended (an event, or its thread's exit): stop tracking it, once."""
+    how = _how_it_ended(assoc, how)
     # Released too: a peer may release with a data set still unfinished (its last fragment
     # never came; found by fuzzing). A finished one is no longer the DIMSE's current message.
-    _discard_partial_dataset(event.assoc)
-    info = scp.forget(event.assoc)
+    _discard_partial_dataset(assoc)
+    info = scp.forget(assoc)
     if info is not None:
         scp.audit.received(
             calling_ae=info.calling_ae,
