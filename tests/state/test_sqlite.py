@@ -12,6 +12,7 @@ import pytest
 
 from dicomgate.state import InstanceKey, InstanceState, StateError
 from dicomgate.state.sqlite import SqliteStateStore
+from tests.state.test_contract import record
 
 # dicomgate's schema 1, verbatim (as stores written before issue 8 have it)
 SCHEMA_1 = """
@@ -119,7 +120,7 @@ def test_schema_1_store_migrates_without_losing_rows(tmp_path: Path) -> None:
     with SqliteStateStore.open(path, readonly=True) as store:  # migrated: readable now
         assert len(store.instances()) == 3
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
-    assert version == 3
+    assert version == 4
 
 
 def _open_and_admit(path: str, i: int) -> int:  # pragma: no cover - a spawned process
@@ -129,6 +130,34 @@ def _open_and_admit(path: str, i: int) -> int:  # pragma: no cover - a spawned p
 
     with SqliteStateStore.open(Path(path)) as store:
         return store.admit(replace(record(), sop_instance_uid=f"{UID}.{i}")).record.version
+
+
+def test_schema_3_store_gets_the_arrival_ordered_state_index(tmp_path: Path) -> None:
+    """Schema 4 replaces the state index by (state, received_at): oldest_undelivered() is one
+    index lookup per state; a schema-3 store is migrated in place, its rows kept."""
+    path = tmp_path / "state.sqlite3"
+    with SqliteStateStore.open(path) as store:
+        rec = store.admit(record()).record
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX instances_state_received")
+    db.execute("CREATE INDEX instances_state ON instances (state)")
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    with SqliteStateStore.open(path) as store:
+        assert store.get(rec.key) == rec
+        assert store.oldest_undelivered() == rec.received_at
+    db = sqlite3.connect(path)
+    indexes = {row[1] for row in db.execute("PRAGMA index_list(instances)")}
+    assert "instances_state_received" in indexes and "instances_state" not in indexes
+    plan = " ".join(
+        str(row[3])
+        for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT min(received_at) FROM instances WHERE state = 'received'"
+        )
+    )
+    assert "instances_state_received" in plan
+    assert db.execute("PRAGMA user_version").fetchone() == (4,)
 
 
 def test_processes_opening_a_new_store_at_once(tmp_path: Path) -> None:
