@@ -221,7 +221,8 @@ _ReadAt = Callable[[int, int], bytes]  # (position, count) -> at most count byte
 
 def _reader(data: BinaryIO, fp: BinaryIO) -> _ReadAt:
     """Read a few bytes at a position: ``pread`` on the file itself (exactly those bytes, not
-    a buffer-full of the fragment behind them), seek + read in pydicom's inflated copy."""
+    a buffer-full of the fragment behind them), seek + read in an in-memory copy (a small file,
+    or pydicom's inflated data set)."""
     if data is fp and not isinstance(fp, io.BytesIO):
         fd = fp.fileno()
         return lambda pos, count: os.pread(fd, count, pos)

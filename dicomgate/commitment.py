@@ -63,6 +63,7 @@ __all__ = [
     "STORAGE_COMMITMENT_INSTANCE",
     "CommitmentReporter",
     "CommitmentService",
+    "check_call_back_tls",
     "check_request",
     "decide",
 ]
@@ -222,6 +223,35 @@ class _Peer:
     tls: bool = False
 
 
+def check_call_back_tls(settings: Settings) -> None:
+    """At start-up, before anything else starts: when a commitment peer is ``tls://``, its
+    client context can be built (the CA file and the node's certificate load), so a bad
+    ``commitment_tls_ca_file`` stops the node, named, instead of failing every call-back later.
+    Raises ``TlsConfigError`` (a ``ValueError``) naming the setting."""
+    peers = [parse_peer(address) for address in settings.commitment_peers.values()]
+    if not any(p is not None and p[2] for p in peers):
+        return
+    from dicomgate.scp._tls import TlsConfigError, client_context, why
+
+    ca = settings.commitment_tls_ca_file
+    where = f"the CA file {ca}" if ca is not None else "the system's CAs"
+    try:
+        client_context(ca_file=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load {where} for storage commitment "
+            f"call-backs over TLS (DICOMGATE_COMMITMENT_TLS_CA_FILE): {why(exc)}"
+        ) from None
+    try:
+        client_context(ca_file=ca, cert_file=settings.tls_cert_file, key_file=settings.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(
+            f"cannot load the certificate {settings.tls_cert_file} and key "
+            f"{settings.tls_key_file} presented on storage commitment call-backs "
+            f"(DICOMGATE_TLS_CERT_FILE, DICOMGATE_TLS_KEY_FILE): {why(exc)}"
+        ) from None
+
+
 class CommitmentReporter:
     """The node's thread that answers pending commitments (see the module's notes)."""
 
@@ -253,34 +283,6 @@ class CommitmentReporter:
         #: only the others (a 3,000-reference commitment waiting for its last instance would
         #: otherwise read 3,000 rows every _WAITING_RETRY)
         self._committed: dict[str, dict[str, InstanceRecord]] = {}
-
-    def check(self) -> None:
-        """At start-up: a ``tls://`` peer's client context can be built (its CA file loads), so
-        a bad ``commitment_tls_ca_file`` stops the node, named, instead of failing every call-back
-        later. Raises ``TlsConfigError`` (a ``ValueError``) naming the setting."""
-        tls = [p for p in map(self._peer, self.settings.commitment_peers) if p and p.tls]
-        if not tls:
-            return
-        from dicomgate.scp._tls import TlsConfigError, client_context, why
-
-        s = self.settings
-        ca = s.commitment_tls_ca_file
-        where = f"the CA file {ca}" if ca is not None else "the system's CAs"
-        try:
-            client_context(ca_file=ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsConfigError(
-                f"cannot load {where} for storage commitment "
-                f"call-backs over TLS (DICOMGATE_COMMITMENT_TLS_CA_FILE): {why(exc)}"
-            ) from None
-        try:
-            self._tls_args(tls[0])
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsConfigError(
-                f"cannot load the certificate {s.tls_cert_file} and key {s.tls_key_file} "
-                "presented on storage commitment call-backs "
-                f"(DICOMGATE_TLS_CERT_FILE, DICOMGATE_TLS_KEY_FILE): {why(exc)}"
-            ) from None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="commitments", daemon=True)

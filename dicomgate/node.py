@@ -36,7 +36,7 @@ from dicomgate.audit import NULL_TRAIL, AuditTrail
 from dicomgate.audit import current as current_audit
 from dicomgate.audit import install as install_audit
 from dicomgate.audit import trail_for as audit_trail_for
-from dicomgate.commitment import CommitmentReporter, CommitmentService
+from dicomgate.commitment import CommitmentReporter, CommitmentService, check_call_back_tls
 from dicomgate.config import Settings
 from dicomgate.delivery import build_notifiers, open_destination
 from dicomgate.delivery.destination import public_url
@@ -357,6 +357,10 @@ class Node:
             raise
 
     def _start(self) -> tuple[str, int]:
+        try:
+            check_call_back_tls(self.settings)  # a bad CA file for call-backs: named, at once
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         self._lock_data_dir()
         try:
             self.spool.prepare()
@@ -411,10 +415,6 @@ class Node:
             metrics=self.metrics,
             lease_seconds=self.lease_seconds,
         )
-        try:
-            self.commitments.check()  # a bad CA file for call-backs stops start-up, named
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
         self.scp = StoreSCP(
             self.settings,
             ingest,

@@ -49,8 +49,7 @@ def start_node(data_dir: Path, *, pipeline: bool = False, **overrides: Any) -> I
         data_dir=data_dir,
         host="127.0.0.1",
         secret_key=TEST_KEY,
-        min_free_space=0,
-        **{"port": 0, "ops_port": 0, **overrides},
+        **{"port": 0, "ops_port": 0, "min_free_space": 0, **overrides},
     )
     node = Node(settings, pipeline=pipeline)
     host, port = node.start()

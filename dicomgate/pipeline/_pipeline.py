@@ -262,6 +262,10 @@ class Pipeline:
             if rec.state == InstanceState.PROCESSED and self._staged_ok(rec):
                 await self._upload_q.put((rec, None))
             else:
+                # a torn staged file of a processed row: made again (a small output is then
+                # uploaded from memory, and nothing else would remove this file)
+                if rec.state == InstanceState.PROCESSED:
+                    self._staging_path(rec).unlink(missing_ok=True)
                 await self._process_q.put(rec)
         if len(claims) < 64:
             if self._ingest_busy():
@@ -608,11 +612,12 @@ class Pipeline:
     def _purge_now(self) -> bool:
         """Removing delivered raw copies waits while associations are open (each removal is a
         state write and an unlink, taken from the receiving threads), unless the spool is past
-        half its limit: a sender that never pauses must not fill it."""
+        half its limit or its filesystem is within twice ``min_free_space`` of refusing: a
+        sender that never pauses must neither fill it nor be refused while copies could go."""
         if not self._ingest_busy():
             return True
         usage = self.spool.usage()
-        return usage.bytes_used * 2 > usage.limit
+        return usage.bytes_used * 2 > usage.limit or usage.free_on_disk < 2 * usage.min_free
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""

@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_WAIT",
+    "ON_THREAD_END_ATTR",
     "SUPPORTED",
     "FastAssociation",
     "FastDIMSE",
@@ -99,6 +100,10 @@ __all__ = [
 
 #: pynetdicom versions whose internals these classes were written against (and tested with).
 SUPPORTED = ("3.0.",)
+
+#: The attribute the node sets on an association it tracks: called with the association when
+#: its thread exits (dicomgate.scp._server.StoreSCP.register).
+ON_THREAD_END_ATTR = "_dicomgate_on_thread_end"
 
 #: Upper bound on any single wait (s): the worst-case latency of a wake-up we did not foresee.
 MAX_WAIT = 0.05
@@ -603,9 +608,12 @@ class FastAssociation(Association):
             # the node's backstop: an association whose end no event reported is forgotten
             # when its thread exits (set by StoreSCP.register; absent for associations it
             # never tracked)
-            on_end = getattr(self, "_dicomgate_on_thread_end", None)
+            on_end = getattr(self, ON_THREAD_END_ATTR, None)
             if on_end is not None:
-                on_end(self)
+                try:
+                    on_end(self)
+                except Exception:  # the state store or audit trail failing: still drain below
+                    ASSOC_LOGGER.exception("ending the association's tracking failed")
             pending = getattr(self.dimse, "msg_queue", None)
             while pending is not None:
                 try:

@@ -70,7 +70,7 @@ _INFO_ATTR = "_dicomgate_info"
 #: set on an association once its end was reported (whichever event came first)
 _ENDED_ATTR = "_dicomgate_ended"
 #: called by the association's thread as it exits (dicomgate.scp._fast.FastAssociation)
-ON_THREAD_END_ATTR = "_dicomgate_on_thread_end"
+ON_THREAD_END_ATTR = _fast.ON_THREAD_END_ATTR
 
 #: Accepted for every storage SOP class. Compressed pixel data is stored as received.
 TRANSFER_SYNTAXES = [

@@ -83,3 +83,33 @@ def test_unfinished_work_given_back_on_stop(
         [rec] = store.instances()
         assert (rec.state, rec.lease_owner) == (InstanceState.PROCESSED, None)
         assert store.claim_work("next-node", limit=5)
+
+
+def test_processed_small_instance_without_its_bytes_is_made_again_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node stopped while uploading a small instance from memory leaves it 'processed' with
+    no staged file: the next start de-identifies it again (the same bytes) and delivers it; a
+    torn staged file left there from before is removed, not left behind for ever."""
+    [path] = write_ct_study(tmp_path / "s", 1, rows=16, columns=16)
+    node, host, port = _node(tmp_path / "d", monkeypatch, upload_s=60)
+    try:
+        assert send_files(host, port, [path]) == [0]
+        assert node.state is not None and node.pipeline is not None
+        assert wait_for(lambda: node.state.instances()[0].state == InstanceState.PROCESSED, 20)  # type: ignore[union-attr]
+        [rec] = node.state.instances()
+        torn = node.pipeline._staging_path(rec)
+        staging = torn.parent
+    finally:
+        node.stop(timeout=0.5)
+    assert list(staging.iterdir()) == []  # uploaded from memory: nothing was staged
+    torn.write_bytes(b"torn")  # as if an older node had staged it and lost power
+    again, _, _ = _node(tmp_path / "d", monkeypatch, upload_s=0)
+    try:
+        assert again.state is not None
+        assert wait_for(lambda: again.state.instances()[0].state == InstanceState.DELIVERED, 30)  # type: ignore[union-attr]
+        [done] = again.state.instances()
+        assert done.deid_sha256 == rec.deid_sha256  # de-identified again: the same bytes
+        assert not torn.exists()
+    finally:
+        again.stop(timeout=5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,23 @@ def test_raw_copies_kept_for_the_configured_retention(tmp_path: Path) -> None:
         assert all(r.spool_path for r in n.node.state.instances())
 
 
-@pytest.mark.parametrize("pressed", [False, True], ids=["room", "spool-half-full"])
-def test_raw_copies_purged_once_associations_close(tmp_path: Path, pressed: bool) -> None:
+@pytest.mark.parametrize(
+    "pressed", [None, "spool_limit", "min_free_space"], ids=["room", "spool-half-full", "disk"]
+)
+def test_raw_copies_purged_once_associations_close(tmp_path: Path, pressed: str | None) -> None:
     """Removing delivered raw copies waits while an association is open (receiving comes
-    first), and happens once it closes; with the spool past half its limit it does not wait."""
+    first), and happens once it closes; with the spool past half its limit, or its disk within
+    twice min_free_space of refusing, it does not wait."""
     paths = write_ct_study(tmp_path / "study", 2, rows=16, columns=16)
     uid = str(dcmread(paths[0]).StudyInstanceUID)
     size = sum(p.stat().st_size for p in paths)
-    limit = {"spool_limit": size * 3 // 2} if pressed else {}
+    free = shutil.disk_usage(tmp_path).free
+    limit = {
+        None: {},
+        "spool_limit": {"spool_limit": size * 3 // 2},
+        # refusing below 2/3 of what is free (so the study is taken), purging below 4/3: at once
+        "min_free_space": {"min_free_space": free * 2 // 3},
+    }[pressed]
     with start_node(
         tmp_path / "data", pipeline=True, stable_after=0.2, keep_raw_for=0, **limit
     ) as n:
@@ -156,7 +166,8 @@ def test_raw_copies_purged_once_associations_close(tmp_path: Path, pressed: bool
             assert send_files(n.host, n.port, paths) == [0, 0]
             assert wait_for(lambda: _manifest_version(n, uid) == 1, timeout=30)
             if pressed:
-                assert wait_for(lambda: n.spool_files == [], timeout=10)
+                assert wait_for(lambda: n.spool_files == [], timeout=6)
+                assert idle.is_established and n.node.scp.busy()  # purged while receiving
             else:
                 time.sleep(3)  # past a purge interval (2 s)
                 assert len(n.spool_files) == 2
