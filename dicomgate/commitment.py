@@ -223,27 +223,43 @@ class _Peer:
     tls: bool = False
 
 
+def _call_back_context(settings: Settings, *, with_certificate: bool = True) -> ssl.SSLContext:
+    """The client context of a call-back over DICOM TLS: BCP 195 suites as the listener's; the
+    peer's certificate must chain to commitment_tls_ca_file (else the system's CAs) and name the
+    host; the node's own certificate goes along if the peer asks for one."""
+    # here, not at the top: dicomgate.scp imports this module (the N-ACTION handler)
+    from dicomgate.scp._tls import client_context
+
+    if not with_certificate:
+        return client_context(ca_file=settings.commitment_tls_ca_file)
+    return client_context(
+        ca_file=settings.commitment_tls_ca_file,
+        cert_file=settings.tls_cert_file,
+        key_file=settings.tls_key_file,
+    )
+
+
 def check_call_back_tls(settings: Settings) -> None:
     """At start-up, before anything else starts: when a commitment peer is ``tls://``, its
     client context can be built (the CA file and the node's certificate load), so a bad
     ``commitment_tls_ca_file`` stops the node, named, instead of failing every call-back later.
     Raises ``TlsConfigError`` (a ``ValueError``) naming the setting."""
     peers = [parse_peer(address) for address in settings.commitment_peers.values()]
-    if not any(p is not None and p[2] for p in peers):
+    if not any(_Peer(*p).tls for p in peers if p is not None):
         return
-    from dicomgate.scp._tls import TlsConfigError, client_context, why
+    from dicomgate.scp._tls import TlsConfigError, why
 
     ca = settings.commitment_tls_ca_file
     where = f"the CA file {ca}" if ca is not None else "the system's CAs"
-    try:
-        client_context(ca_file=ca)
+    try:  # the CA alone first, so that the message names the file at fault
+        _call_back_context(settings, with_certificate=False)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(
             f"cannot load {where} for storage commitment "
             f"call-backs over TLS (DICOMGATE_COMMITMENT_TLS_CA_FILE): {why(exc)}"
         ) from None
     try:
-        client_context(ca_file=ca, cert_file=settings.tls_cert_file, key_file=settings.tls_key_file)
+        _call_back_context(settings)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(
             f"cannot load the certificate {settings.tls_cert_file} and key "
@@ -498,19 +514,9 @@ class CommitmentReporter:
         return _Peer(*parsed) if parsed is not None else None
 
     def _tls_args(self, peer: _Peer) -> tuple[ssl.SSLContext, str] | None:
-        """(client context, server name) for a tls:// peer: BCP 195 suites as the listener's;
-        the peer's certificate must chain to commitment_tls_ca_file (else the system's CAs)
-        and name the host; the node's own certificate goes along if the peer asks for one."""
-        if not peer.tls:
-            return None
-        # here, not at the top: dicomgate.scp imports this module (the N-ACTION handler)
-        from dicomgate.scp._tls import client_context
-
-        s = self.settings
-        ctx = client_context(
-            ca_file=s.commitment_tls_ca_file, cert_file=s.tls_cert_file, key_file=s.tls_key_file
-        )
-        return ctx, peer.host
+        """(client context, server name) for a tls:// peer (built per call-back: a renewed
+        certificate or CA file is picked up without a reload)."""
+        return (_call_back_context(self.settings), peer.host) if peer.tls else None
 
     def _call_back(self, peer: _Peer, calling_ae: str, event_type: int, ds: Dataset) -> str | None:
         s = self.settings

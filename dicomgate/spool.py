@@ -168,6 +168,12 @@ class Spool:
             return f"spool filesystem short of space ({u.free_on_disk} < {u.min_free} bytes free)"
         return None
 
+    def pressed(self) -> bool:
+        """Past half its limit, or its filesystem within twice ``min_free`` of refusing: work
+        that frees spool space should not wait any longer (see Pipeline._purge_now)."""
+        u = self.usage()
+        return u.bytes_used * 2 > u.limit or u.free_on_disk < 2 * u.min_free
+
     def release(self, size: int) -> None:
         """Account for a spool file that was removed (after delivery)."""
         with self._lock:

@@ -614,10 +614,7 @@ class Pipeline:
         state write and an unlink, taken from the receiving threads), unless the spool is past
         half its limit or its filesystem is within twice ``min_free_space`` of refusing: a
         sender that never pauses must neither fill it nor be refused while copies could go."""
-        if not self._ingest_busy():
-            return True
-        usage = self.spool.usage()
-        return usage.bytes_used * 2 > usage.limit or usage.free_on_disk < 2 * usage.min_free
+        return not self._ingest_busy() or self.spool.pressed()
 
     def _purge(self) -> None:
         """Remove raw spool copies of delivered instances after ``keep_raw_for`` seconds."""

@@ -691,6 +691,8 @@ def _handle_established(event: Any, scp: StoreSCP) -> None:
     # Bound in the association's own thread: every later log line of this association has it.
     structlog.contextvars.bind_contextvars(assoc_id=info.assoc_id, calling_ae=info.calling_ae)
     log.info("association established", peer=info.peer)
+    if info.closed:  # its end was reported before it was established (see StoreSCP.register)
+        _record_end(scp, info, _how_it_ended(event.assoc, "connection closed"))
 
 
 def _discard_partial_dataset(assoc: Any) -> None:
@@ -733,22 +735,27 @@ def _end(scp: StoreSCP, assoc: Any, how: str) -> None:
     _discard_partial_dataset(assoc)
     info = scp.forget(assoc)
     if info is not None:
-        scp.audit.received(
-            calling_ae=info.calling_ae,
-            peer=info.peer,
-            studies=scp.received_so_far(info),
-            how=how,
-            refused=info.refused,
-        )
-        log.info(
-            "association ended",
-            how=how,
-            assoc_id=info.assoc_id,
-            calling_ae=info.calling_ae,
-            stored=info.stored,
-            refused=info.refused,
-            seconds=round(time.monotonic() - info.started, 3),
-        )
+        _record_end(scp, info, how)
+
+
+def _record_end(scp: StoreSCP, info: AssociationInfo, how: str) -> None:
+    """The audit record and the log line of an association's end."""
+    scp.audit.received(
+        calling_ae=info.calling_ae,
+        peer=info.peer,
+        studies=scp.received_so_far(info),
+        how=how,
+        refused=info.refused,
+    )
+    log.info(
+        "association ended",
+        how=how,
+        assoc_id=info.assoc_id,
+        calling_ae=info.calling_ae,
+        stored=info.stored,
+        refused=info.refused,
+        seconds=round(time.monotonic() - info.started, 3),
+    )
 
 
 def _decoded(decode: Callable[[], Any]) -> Any:

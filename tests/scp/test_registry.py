@@ -7,7 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from dicomgate.scp._server import ON_THREAD_END_ATTR
+from structlog.testing import capture_logs
+
+from dicomgate.scp._server import ON_THREAD_END_ATTR, _handle_established
 from tests.helpers import associate, start_node, wait_for
 
 
@@ -61,3 +63,20 @@ def test_real_association_sets_and_runs_the_backstop(tmp_path: Path) -> None:
         assert wait_for(lambda: not scp.busy())
         assert wait_for(lambda: not info.assoc.is_alive())
         assert not scp.busy() and info.closed
+
+
+def test_association_ended_before_establishment_still_gets_its_end_record(
+    tmp_path: Path,
+) -> None:
+    """The established event of an association whose close came first logs its end too: every
+    "association established" line has an "association ended" line."""
+    with start_node(tmp_path / "d") as node:
+        scp = node.node.scp
+        assert scp is not None
+        assoc = _fake_association()
+        scp.forget(assoc)
+        with capture_logs() as logs:
+            _handle_established(SimpleNamespace(assoc=assoc), scp)
+        events = [e["event"] for e in logs]
+        assert events == ["association established", "association ended"]
+        assert logs[1]["how"] == "aborted" and not scp.busy()
